@@ -1,0 +1,3 @@
+// The update executor compiled for the avx512 instruction set (flags in CMakeLists.txt).
+#define OPTCORE_ISA avx512
+#include "cpu/update_impl.h"

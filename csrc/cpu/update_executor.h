@@ -1,0 +1,35 @@
+// The CPU executor's entry points, one per instruction set. Each is the same
+// source (update_impl.h) compiled with different target flags; isa.cpp picks
+// the widest one the running CPU supports.
+#pragma once
+#include <cstdint>
+#include "optcore/plan_types.h"
+#include "optcore/step_scalars.h"
+
+namespace optcore {
+namespace cpu {
+
+struct UpdateLaunch {
+  int rule;
+  const PlanTensor* tensors;
+  const PlanChunk* chunks;
+  int64_t chunk_count;
+  const void* const* grads;  // one per tensor; unused by rules that read no gradient
+  StepScalars scalars;
+  int threads;
+};
+
+namespace base { void run_update(const UpdateLaunch& launch); }
+namespace avx2 { void run_update(const UpdateLaunch& launch); }
+namespace avx512 { void run_update(const UpdateLaunch& launch); }
+
+enum class Isa : int { Base = 0, Avx2 = 1, Avx512 = 2 };
+
+Isa detected_isa();
+Isa active_isa();
+void set_active_isa(Isa isa);  // tests compare instruction sets bit for bit
+const char* isa_name(Isa isa);
+void run_update(const UpdateLaunch& launch);
+
+}  // namespace cpu
+}  // namespace optcore

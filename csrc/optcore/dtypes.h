@@ -1,0 +1,117 @@
+// Storage types and their conversions to the math type.
+//
+// 16-bit storage (float16, bfloat16) is computed in float32 and rounded to
+// nearest-even on store; optimizer state for 16-bit parameters is float32.
+// The conversions are branch-free bit manipulations so the CPU loops
+// vectorise, and they give the same bits on every instruction set.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include "optcore/hd.h"
+
+namespace optcore {
+
+enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
+
+inline const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::F32: return "float32";
+    case DType::F64: return "float64";
+    case DType::F16: return "float16";
+    case DType::BF16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+inline int dtype_size(DType d) {
+  return d == DType::F64 ? 8 : (d == DType::F32 ? 4 : 2);
+}
+
+struct Half { uint16_t bits; };
+struct BFloat16 { uint16_t bits; };
+
+OPTCORE_HD float bits_to_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+OPTCORE_HD uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+// IEEE binary16 -> binary32: shift the exponent/mantissa into place and let a
+// multiply by 2^112 rebias normals and denormals alike; Inf/NaN are repaired.
+OPTCORE_HD float half_to_float(uint16_t h) {
+  const uint32_t magnitude = uint32_t(h & 0x7fffu) << 13;
+  float f = bits_to_float(magnitude) * bits_to_float(uint32_t(254 - 15) << 23);
+  uint32_t u = float_to_bits(f);
+  u |= (f >= bits_to_float(uint32_t(127 + 16) << 23)) ? (255u << 23) : 0u;
+  u |= uint32_t(h & 0x8000u) << 16;
+  return bits_to_float(u);
+}
+
+// binary32 -> binary16, round to nearest even; overflow gives Inf, NaN stays NaN.
+OPTCORE_HD uint16_t float_to_half(float value) {
+  uint32_t u = float_to_bits(value);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  u &= 0x7fffffffu;
+  uint16_t out;
+  if (u >= (uint32_t(127 + 16) << 23)) {
+    out = (u > (255u << 23)) ? 0x7e00u : 0x7c00u;
+  } else if (u < (113u << 23)) {
+    // Subnormal or zero: adding a magic constant lets the FPU round.
+    const uint32_t magic_bits = uint32_t((127 - 15) + (23 - 10) + 1) << 23;
+    const float sum = bits_to_float(u) + bits_to_float(magic_bits);
+    out = uint16_t(float_to_bits(sum) - magic_bits);
+  } else {
+    const uint32_t mantissa_odd = (u >> 13) & 1u;
+    u += (uint32_t(15 - 127) << 23) + 0xfffu + mantissa_odd;
+    out = uint16_t(u >> 13);
+  }
+  return uint16_t(out | sign);
+}
+
+OPTCORE_HD float bfloat16_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
+
+OPTCORE_HD uint16_t float_to_bfloat16(float value) {
+  const uint32_t u = float_to_bits(value);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x0040u);  // quiet NaN
+  const uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t((u + rounding) >> 16);
+}
+
+// Storage traits: the math type M and the state storage type for each dtype.
+template <class T> struct StorageTraits;
+template <> struct StorageTraits<float> {
+  using Math = float; using State = float;
+  OPTCORE_HD static float load(float v) { return v; }
+  OPTCORE_HD static float store(float v) { return v; }
+};
+template <> struct StorageTraits<double> {
+  using Math = double; using State = double;
+  OPTCORE_HD static double load(double v) { return v; }
+  OPTCORE_HD static double store(double v) { return v; }
+};
+template <> struct StorageTraits<Half> {
+  using Math = float; using State = float;
+  OPTCORE_HD static float load(Half v) { return half_to_float(v.bits); }
+  OPTCORE_HD static Half store(float v) { return Half{float_to_half(v)}; }
+};
+template <> struct StorageTraits<BFloat16> {
+  using Math = float; using State = float;
+  OPTCORE_HD static float load(BFloat16 v) { return bfloat16_to_float(v.bits); }
+  OPTCORE_HD static BFloat16 store(float v) { return BFloat16{float_to_bfloat16(v)}; }
+};
+
+}  // namespace optcore

@@ -1,0 +1,45 @@
+// The dispatch table shared by the CPU and CUDA executors: one line per rule.
+#pragma once
+#include "optcore/rules/adadelta.h"
+#include "optcore/rules/adagrad.h"
+#include "optcore/rules/adam.h"
+#include "optcore/rules/delta_bar_delta.h"
+#include "optcore/rules/momentum.h"
+#include "optcore/rules/nesterov.h"
+#include "optcore/rules/rmsprop.h"
+#include "optcore/rules/sgd.h"
+
+namespace optcore {
+
+// Stable numbering: the Python layer names rules by these values.
+#define OPTCORE_FOR_EACH_RULE(X)             \
+  X(0, SgdRule)                              \
+  X(1, MomentumRule)                         \
+  X(2, MomentumTorchRule)                    \
+  X(3, NesterovRule)                         \
+  X(4, NesterovTorchRule)                    \
+  X(5, LookaheadRule)                        \
+  X(6, NesterovApplyRule)                    \
+  X(7, AdaGradRule)                          \
+  X(8, RmsPropRule)                          \
+  X(9, RmsPropTorchRule)                     \
+  X(10, RmsPropNesterovRule)                 \
+  X(11, RmsPropNesterovApplyRule)            \
+  X(12, AdamRule)                            \
+  X(13, AdaDeltaRule)                        \
+  X(14, DeltaBarDeltaRule)
+
+constexpr int kRuleCount = 15;
+
+// Whether a rule reads the gradient (LookaheadRule does not).
+template <class R, class = void> struct RuleReadsGrad { static constexpr bool value = true; };
+template <class R> struct RuleReadsGrad<R, decltype(void(R::kReadsGrad))> {
+  static constexpr bool value = R::kReadsGrad;
+};
+
+template <template <class> class Rule> struct RuleInfo {
+  static constexpr int states = Rule<float>::kStates;
+  static constexpr bool reads_grad = RuleReadsGrad<Rule<float>>::value;
+};
+
+}  // namespace optcore

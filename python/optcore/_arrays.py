@@ -1,0 +1,270 @@
+"""Framework adapter: numpy, cupy and torch arrays -> validated raw views.
+
+This is the only module that knows about array frameworks. Everything else
+works with :class:`View` records (data pointer, element count, dtype code,
+device, stream) and the checks below, which raise exceptions that name the
+offending argument before anything is written.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+
+#: dtype codes shared with csrc/optcore/dtypes.h
+DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
+DTYPE_NAMES = {v: k for k, v in DTYPE_CODES.items()}
+ITEMSIZE = {0: 4, 1: 8, 2: 2, 3: 2}
+#: optimizer state dtype for each parameter dtype: float32 for 16-bit storage
+STATE_DTYPE = {0: "float32", 1: "float64", 2: "float32", 3: "float32"}
+
+_FLAG_CONTIGUOUS, _FLAG_WRITEABLE, _FLAG_ALIGNED = 1, 2, 4
+
+
+@dataclass(frozen=True)
+class View:
+    """A validated, framework-free description of one array."""
+
+    obj: Any
+    ptr: int
+    numel: int
+    dtype: int  # DTYPE_CODES value, or -1 for an unsupported dtype
+    dtype_name: str
+    shape: Tuple[int, ...]
+    device: str  # "cpu" or "cuda"
+    device_id: int  # -1 on the CPU
+    framework: str  # "numpy", "cupy" or "torch"
+    writeable: bool
+    contiguous: bool
+    aligned: bool
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * ITEMSIZE.get(self.dtype, 1)
+
+    @property
+    def where(self) -> str:
+        return "cpu" if self.device == "cpu" else f"cuda:{self.device_id}"
+
+
+def _torch_module():
+    return sys.modules.get("torch")
+
+
+def _cupy_module():
+    return sys.modules.get("cupy")
+
+
+def is_torch(obj: Any) -> bool:
+    torch = _torch_module()
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def is_cupy(obj: Any) -> bool:
+    cupy = _cupy_module()
+    return cupy is not None and isinstance(obj, cupy.ndarray)
+
+
+def _numpy_dtype_code(dt: np.dtype) -> int:
+    name = dt.name
+    return DTYPE_CODES.get(name, -1)
+
+
+def view_of(obj: Any, name: str) -> View:
+    """Describe ``obj`` without copying it. ``name`` is used in error messages."""
+    if isinstance(obj, np.ndarray):
+        flags = obj.flags
+        return View(
+            obj=obj, ptr=int(obj.__array_interface__["data"][0]), numel=int(obj.size),
+            dtype=_numpy_dtype_code(obj.dtype), dtype_name=obj.dtype.name, shape=tuple(obj.shape),
+            device="cpu", device_id=-1, framework="numpy", writeable=bool(flags.writeable),
+            contiguous=bool(flags.c_contiguous), aligned=bool(flags.aligned),
+        )
+    if is_torch(obj):
+        torch = _torch_module()
+        dtype_name = str(obj.dtype).replace("torch.", "")
+        on_cuda = obj.device.type == "cuda"
+        if obj.device.type not in ("cpu", "cuda"):
+            raise TypeError(f"{name}: torch tensors on device '{obj.device}' are not supported "
+                            "(expected cpu or cuda)")
+        if obj.is_sparse or obj.layout != torch.strided:
+            raise TypeError(f"{name}: expected a dense (strided) torch tensor, got layout {obj.layout}")
+        ptr = int(obj.data_ptr())
+        return View(
+            obj=obj, ptr=ptr, numel=int(obj.numel()), dtype=DTYPE_CODES.get(dtype_name, -1),
+            dtype_name=dtype_name, shape=tuple(obj.shape), device="cuda" if on_cuda else "cpu",
+            device_id=int(obj.device.index or 0) if on_cuda else -1, framework="torch",
+            writeable=True,
+            contiguous=bool(obj.is_contiguous()),
+            aligned=ptr % max(1, obj.element_size()) == 0,
+        )
+    if is_cupy(obj):
+        cai = obj.__cuda_array_interface__
+        ptr, readonly = cai["data"]
+        return View(
+            obj=obj, ptr=int(ptr), numel=int(obj.size), dtype=_numpy_dtype_code(obj.dtype),
+            dtype_name=obj.dtype.name, shape=tuple(obj.shape), device="cuda",
+            device_id=int(obj.device.id), framework="cupy", writeable=not readonly,
+            contiguous=bool(obj.flags.c_contiguous),
+            aligned=int(ptr) % max(1, obj.dtype.itemsize) == 0,
+        )
+    raise TypeError(f"{name}: expected a numpy array, cupy array or torch tensor, "
+                    f"got {type(obj).__module__}.{type(obj).__qualname__}")
+
+
+def views_of(items: Sequence[Any], name: str) -> List[View]:
+    return [view_of(x, f"{name}[{i}]") for i, x in enumerate(items)]
+
+
+def as_list(items: Any, name: str) -> list:
+    """Accept a single array or an iterable of arrays (not a generator consumed twice)."""
+    if isinstance(items, np.ndarray) or is_torch(items) or is_cupy(items):
+        return [items]
+    try:
+        out = list(items)
+    except TypeError:
+        raise TypeError(f"{name}: expected an array or a list of arrays, "
+                        f"got {type(items).__qualname__}") from None
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Checks. Each raises with the argument's name and what was expected.
+
+def require_supported_dtype(v: View, name: str, allowed: Iterable[int] = (0, 1, 2, 3)) -> None:
+    allowed = tuple(allowed)
+    if v.dtype not in allowed:
+        names = ", ".join(DTYPE_NAMES[a] for a in allowed)
+        raise TypeError(f"{name}: dtype {v.dtype_name} is not supported (expected one of {names})")
+
+
+def require_writeable(v: View, name: str) -> None:
+    if not v.writeable:
+        raise ValueError(f"{name}: the array is read-only, and optcore updates it in place "
+                         "(it never copies silently)")
+
+
+def require_contiguous(v: View, name: str) -> None:
+    if not v.contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array (shape {v.shape}); "
+                         "optcore does not copy non-contiguous arrays silently: "
+                         "pass a contiguous array or a contiguous view")
+    if not v.aligned:
+        raise ValueError(f"{name}: data pointer is not aligned to its element size")
+
+
+def require_finite(value: Any, name: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return x
+
+
+def require_range(value: Any, name: str, lo: Optional[float] = None, hi: Optional[float] = None,
+                  lo_open: bool = False, hi_open: bool = False) -> float:
+    """Finite and inside [lo, hi] (or open ends); returns it as float."""
+    x = require_finite(value, name)
+    bad = False
+    if lo is not None and (x < lo or (lo_open and x == lo)):
+        bad = True
+    if hi is not None and (x > hi or (hi_open and x == hi)):
+        bad = True
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else repr(lo)
+        hi_s = "inf" if hi is None else repr(hi)
+        raise ValueError(f"{name}: expected a value in {left}{lo_s}, {hi_s}{right}, got {value!r}")
+    return x
+
+
+def require_no_overlap(views: Sequence[View], names: Sequence[str]) -> None:
+    """No two of the given (written) buffers share a byte."""
+    spans = sorted(
+        (v.ptr, v.ptr + v.nbytes, n, v.device_id) for v, n in zip(views, names) if v.numel > 0)
+    for (a0, a1, an, ad), (b0, b1, bn, bd) in zip(spans, spans[1:]):
+        if ad == bd and b0 < a1:
+            raise ValueError(f"{bn} overlaps {an} in memory; every parameter must be a separate "
+                             "buffer that optcore can update in place")
+
+
+class Intervals:
+    """Sorted byte ranges of written buffers, for fast aliasing checks of inputs."""
+
+    def __init__(self, views: Sequence[View], names: Sequence[str]):
+        keep = [(v.ptr, v.ptr + v.nbytes, n) for v, n in zip(views, names) if v.numel > 0]
+        keep.sort()
+        self.starts = np.array([k[0] for k in keep], dtype=np.uint64)
+        self.ends = np.array([k[1] for k in keep], dtype=np.uint64)
+        self.names = [k[2] for k in keep]
+
+    def first_overlap(self, starts: np.ndarray, ends: np.ndarray) -> Tuple[int, Optional[str]]:
+        """Index of the first input range overlapping a written range, and the latter's name."""
+        if len(self.starts) == 0 or len(starts) == 0:
+            return -1, None
+        # The written range that starts last at or before each input's end.
+        idx = np.searchsorted(self.starts, ends, side="left") - 1
+        valid = idx >= 0
+        safe = np.where(valid, idx, 0)
+        hit = valid & (self.ends[safe] > starts) & (ends > starts)
+        if not hit.any():
+            return -1, None
+        i = int(np.argmax(hit))
+        return i, self.names[int(safe[i])]
+
+
+def current_stream(v: View) -> int:
+    """The caller's current CUDA stream for this array's framework (0 = legacy default)."""
+    if v.framework == "torch":
+        torch = _torch_module()
+        return int(torch.cuda.current_stream(v.obj.device).cuda_stream)
+    if v.framework == "cupy":
+        cupy = _cupy_module()
+        return int(cupy.cuda.get_current_stream().ptr)
+    return 0
+
+
+def fast_numpy_views(items: list):
+    """(ptrs, numels, codes, flags, shape_hashes) for a list of numpy arrays, else None."""
+    return _core.inspect_numpy(items)
+
+
+def shape_hash(shape: Tuple[int, ...]) -> int:
+    """The same hash as inspect_numpy computes (FNV-1a over ndim and dims)."""
+    mask = (1 << 64) - 1
+    h = 1469598103934665603 ^ len(shape)
+    for d in shape:
+        h = ((h ^ d) * 1099511628211) & mask
+    return h
+
+
+def empty_like_state(v: View, dtype_name: str, numel: int):
+    """A zeroed buffer of ``numel`` elements on the same device/framework as ``v``."""
+    if v.framework == "numpy":
+        return np.zeros(numel, dtype=dtype_name)
+    if v.framework == "cupy":
+        cupy = _cupy_module()
+        with cupy.cuda.Device(v.device_id):
+            return cupy.zeros(numel, dtype=dtype_name)
+    torch = _torch_module()
+    return torch.zeros(numel, dtype=getattr(torch, dtype_name), device=v.obj.device)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A host copy (for state_dict and tests), whatever the framework."""
+    if isinstance(x, np.ndarray):
+        return x.copy()
+    if is_torch(x):
+        return x.detach().cpu().numpy().copy() if str(x.dtype) != "torch.bfloat16" else \
+            x.detach().cpu().float().numpy()
+    if is_cupy(x):
+        return x.get()
+    return np.asarray(x).copy()
