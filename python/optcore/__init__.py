@@ -1,1 +1,19 @@
+"""optcore: the optimization methods of Deep Learning chapter 8 as fused CPU/CUDA kernels.
+
+>>> import numpy as np, optcore
+>>> w = np.zeros(4, np.float32)
+>>> opt = optcore.Adam([w], lr=1e-2)
+>>> opt.step([np.ones(4, np.float32)])
+"""
 from . import _core
+from ._backend import backend
+from . import schedules
+from .optim import (SGD, AdaDelta, AdaGrad, Adam, DeltaBarDelta, Momentum, Nesterov, Optimizer,
+                    RMSProp, RMSPropNesterov)
+
+__version__ = "0.1.0"
+
+__all__ = ["backend", "schedules", "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad",
+           "RMSProp", "RMSPropNesterov", "Adam", "AdaDelta", "DeltaBarDelta"]
+
+# Further kernel families append their exports below.

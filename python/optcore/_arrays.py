@@ -268,3 +268,15 @@ def to_numpy(x: Any) -> np.ndarray:
     if is_cupy(x):
         return x.get()
     return np.asarray(x).copy()
+
+
+def copy_from_host(dst: Any, host: np.ndarray) -> None:
+    """Overwrite the flat buffer ``dst`` (numpy/cupy/torch) with the host array's values."""
+    flat = np.ascontiguousarray(host).reshape(-1)
+    if isinstance(dst, np.ndarray):
+        dst[...] = flat
+    elif is_cupy(dst):
+        dst.set(flat)
+    else:
+        torch = _torch_module()
+        dst.copy_(torch.from_numpy(flat.copy()))

@@ -27,9 +27,10 @@ namespace optcore {
   X(11, RmsPropNesterovApplyRule)            \
   X(12, AdamRule)                            \
   X(13, AdaDeltaRule)                        \
-  X(14, DeltaBarDeltaRule)
+  X(14, DeltaBarDeltaRule)                   \
+  X(15, RestoreRule)
 
-constexpr int kRuleCount = 15;
+constexpr int kRuleCount = 16;
 
 // Whether a rule reads the gradient (LookaheadRule does not).
 template <class R, class = void> struct RuleReadsGrad { static constexpr bool value = true; };
