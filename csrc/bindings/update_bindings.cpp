@@ -191,6 +191,24 @@ void bind_update(py::module_& m) {
 
   m.def("inspect_numpy", &inspect_numpy, py::arg("items"));
 
+  // Test hooks for the 16-bit conversions in csrc/optcore/dtypes.h.
+  m.def("_float_to_storage", [](py::array_t<float, py::array::c_style> src, int code) {
+    py::array_t<uint16_t> out(src.size());
+    const float* s = src.data();
+    uint16_t* d = out.mutable_data();
+    for (py::ssize_t i = 0; i < src.size(); ++i)
+      d[i] = code == 2 ? float_to_half(s[i]) : float_to_bfloat16(s[i]);
+    return out;
+  });
+  m.def("_storage_to_float", [](py::array_t<uint16_t, py::array::c_style> src, int code) {
+    py::array_t<float> out(src.size());
+    const uint16_t* s = src.data();
+    float* d = out.mutable_data();
+    for (py::ssize_t i = 0; i < src.size(); ++i)
+      d[i] = code == 2 ? half_to_float(s[i]) : bfloat16_to_float(s[i]);
+    return out;
+  });
+
   m.def("cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); });
   m.def("cpu_isa_detected", [] { return std::string(cpu::isa_name(cpu::detected_isa())); });
   m.def("set_cpu_isa", [](const std::string& name) {
