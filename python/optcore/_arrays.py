@@ -280,3 +280,13 @@ def copy_from_host(dst: Any, host: np.ndarray) -> None:
     else:
         torch = _torch_module()
         dst.copy_(torch.from_numpy(flat.copy()))
+
+
+def copy_into(dst: Any, src: Any) -> None:
+    """dst[...] = src element-wise (same element count; dtype converted, rounding to nearest)."""
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst.reshape(-1), np.asarray(src).reshape(-1), casting="unsafe")
+    elif is_torch(dst):
+        dst.view(-1).copy_(src.reshape(-1))
+    else:  # cupy
+        dst.reshape(-1)[...] = src.reshape(-1)
