@@ -17,4 +17,6 @@ __version__ = "0.1.0"
 __all__ = ["backend", "schedules", "amp", "averaging", "clip_grad_norm_", "clip_grad_value_", "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad",
            "RMSProp", "RMSPropNesterov", "Adam", "AdaDelta", "DeltaBarDelta"]
 
+# optcore.torch (torch.optim subclasses) is imported on demand: `import optcore.torch`.
+
 # Further kernel families append their exports below.
