@@ -189,11 +189,9 @@ class Optimizer:
         self._plans: Dict[Tuple[int, int], _GroupPlan] = {}
         self._written = A.Intervals(list(self._written_views()),
                                     names + ["optimizer state"] * (len(list(self._written_views())) - len(names)))
-        self._codes = np.array([v.dtype for v in self._views], dtype=np.int32)
         self._numels = np.array([v.numel for v in self._views], dtype=np.int64)
         self._itemsizes = np.array([A.ITEMSIZE[v.dtype] for v in self._views], dtype=np.uint64)
-        self._shape_hashes = np.array([A.shape_hash(v.shape) for v in self._views], dtype=np.uint64)
-        self._all_numpy = all(v.framework == "numpy" for v in self._views)
+        self._fast_checker = A.FastChecker(self._views)
 
     # ------------------------------------------------------------------ subclass hooks
     def rule_for(self, group: Dict[str, Any]) -> int:
@@ -489,16 +487,12 @@ class Optimizer:
         if len(items) != len(self._flat):
             raise ValueError(f"grads: expected {len(self._flat)} gradients (one per parameter), "
                              f"got {len(items)}")
-        fast = A.fast_numpy_views(items) if self._all_numpy else None
-        if fast is not None:
-            ptrs, numels, codes, flags, hashes = fast
-            ok = (np.array_equal(codes, self._codes) and np.array_equal(hashes, self._shape_hashes)
-                  and bool(np.all((flags & 5) == 5)))
-            if ok:
-                ends = ptrs + numels.astype(np.uint64) * self._itemsizes
-                bad, _ = self._written.first_overlap(ptrs, ends)
-                if bad < 0:
-                    return ptrs
+        ptrs = self._fast_checker.pointers(items)
+        if ptrs is not None:
+            ends = ptrs + self._numels.astype(np.uint64) * self._itemsizes
+            bad, _ = self._written.first_overlap(ptrs, ends)
+            if bad < 0:
+                return ptrs
         return self._check_grads_slow(items)
 
     def _check_grads_slow(self, items: List[Any]) -> np.ndarray:
