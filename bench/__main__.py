@@ -53,6 +53,10 @@ def main(argv: List[str] = None) -> int:
 
     machine = harness.machine_description(args.device)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
+    load_avg = machine.get("loadavg_1m")
+    if load_avg is not None and load_avg > 0.5:
+        print(f"warning: load average {load_avg:.2f} on {machine.get('usable_cpus')} CPUs: other processes "
+              "compete for the cores; multi-threaded timings will be noisy", file=sys.stderr)
     for name in names:
         mod = load(name)
         ctx = harness.Context(device=args.device, quick=args.quick)

@@ -256,6 +256,10 @@ def machine_description(device: str = "cpu") -> Dict[str, Any]:
         "numpy": np.__version__,
     }
     try:
+        info["loadavg_1m"] = os.getloadavg()[0]  # other processes on the cores distort timings
+    except OSError:
+        pass
+    try:
         import optcore
         from optcore import _core
         info["optcore"] = getattr(optcore, "__version__", "?")

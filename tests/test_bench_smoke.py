@@ -1,0 +1,138 @@
+"""Smoke tests of the benchmark harness (bench/) and the bandwidth probe."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+_core = pytest.importorskip("optcore._core")
+from bench import harness  # noqa: E402
+
+
+# ---------------------------------------------------------------- probe kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [[0], [1], [37], [70001], [5, 0, 33000, 1]])
+def test_probe_writes_mean_of_reads(dtype, sizes):
+    rng = np.random.default_rng(1)
+    theta = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    g = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    s = [np.full(n, np.nan, dtype) for n in sizes]  # written only: poisoned
+    want = [(t.astype(np.float64) + gg) / 2 for t, gg in zip(theta, g)]
+    probe = _core.BandwidthProbe([theta, g], [theta, s])
+    probe.run()
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    for t, ss, w in zip(theta, s, want):
+        np.testing.assert_allclose(t, w, rtol=tol, atol=tol)
+        np.testing.assert_allclose(ss, w, rtol=tol, atol=tol)
+    assert probe.total_elements == sum(sizes)
+    assert probe.bytes == sum(sizes) * np.dtype(dtype).itemsize * 4
+
+
+def test_probe_unaligned_views_and_single_arrays():
+    base = np.arange(100001, dtype=np.float32)
+    a, b = base[1:], np.ones(100000, np.float32)
+    out = np.full(100000, np.nan, np.float32)
+    _core.bandwidth_probe([a, b], [out])
+    np.testing.assert_allclose(out, (a + 1) / 2)
+    _core.bandwidth_probe([], [out])  # write-only stream: constant
+    assert np.all(out == 0)
+
+
+def test_probe_rejects_bad_input_before_writing():
+    a = np.zeros(8, np.float32)
+    ro = np.zeros(8, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"writes\[0\]\[0\].*read-only"):
+        _core.BandwidthProbe([a], [ro])
+    with pytest.raises(ValueError, match=r"writes\[0\]\[0\].*elements"):
+        _core.BandwidthProbe([a], [np.zeros(9, np.float32)])
+    with pytest.raises(TypeError, match=r"reads\[1\]\[0\].*same dtype"):
+        _core.BandwidthProbe([a, np.zeros(8)], [a])
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _core.BandwidthProbe([np.zeros(8, np.int32)], [a])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core.BandwidthProbe([np.zeros(16, np.float32)[::2]], [a])
+    with pytest.raises(ValueError, match=r"writes\[0\]: has 1 arrays, reads\[0\] has 2"):
+        _core.BandwidthProbe([[a, a]], [[a]])
+    with pytest.raises(TypeError, match="numpy array"):
+        _core.BandwidthProbe([[a, [1.0]]], [[a, a]])
+
+
+# ---------------------------------------------------------------- harness
+def test_timing_quantiles_and_measure():
+    t = harness.timing_from_samples([5.0, 1.0, 2.0, 3.0, 4.0])
+    assert (t.median_s, t.min_s, t.n) == (3.0, 1.0, 5)
+    assert t.p20_s == pytest.approx(1.8) and t.p80_s == pytest.approx(4.2)
+    calls = []
+    m = harness.measure(lambda: calls.append(1), repeats=7, warmup=2)
+    assert m.n == 7 and len(calls) == 9
+    m = harness.measure(lambda: None, min_time_s=0.0, min_repeats=4, warmup=0)
+    assert m.n >= 4 and m.p20_s <= m.median_s <= m.p80_s
+
+
+def test_row_derives_gbps_and_probe_pct():
+    t = harness.Timing(0.5, 0.4, 0.6, 0.4, 5)
+    p = harness.Timing(0.25, 0.2, 0.3, 0.2, 5)
+    r = harness.row("s", "c", "impl", t, 2e9, p, rule="Adam")
+    assert r["gbps"] == pytest.approx(4.0) and r["probe_pct"] == pytest.approx(50.0)
+    assert r["median_ms"] == pytest.approx(500.0) and r["rule"] == "Adam"
+    text = harness.format_table([r, harness.row("s", "c", "none", None, 1, note="n/a")])
+    assert "probe_pct" in text and "n/a" in text
+
+
+# ---------------------------------------------------------------- optimizers suite, --quick
+def test_optimizers_suite_quick(tmp_path, capsys):
+    from bench.__main__ import main
+    from bench.suites import optimizers
+    path = tmp_path / "opt.json"
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert main(["--suite", "optimizers", "--quick", "--json", str(path)]) == 0
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr().out
+    assert "DeltaBarDelta" in out and "probe_pct" in out
+    doc = json.loads(path.read_text())
+    assert doc["machine"]["cpu_isa"] in ("base", "avx2", "avx512")
+    rows = doc["rows"]
+    cases = {label for label, _ in optimizers.cases(True)}
+    for case in cases:
+        for rule in optimizers.RULES:
+            got = {r["impl"]: r for r in rows if r["case"] == case and r["rule"] == rule}
+            assert {"probe", "optcore", "numpy", "torch_fused", "torch_foreach"} <= set(got), (case, rule)
+            for impl in ("probe", "optcore", "numpy"):
+                r = got[impl]
+                assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+                assert r["gbps"] > 0 and r["probe_pct"] > 0
+            assert "x_numpy" in got["optcore"]
+            if rule in optimizers.TORCH:
+                assert "median_ms" in got["torch_foreach"], got["torch_foreach"]
+                assert "x_foreach" in got["optcore"]
+            else:
+                assert "note" in got["torch_foreach"]
+
+
+def test_numpy_reference_matches_optcore():
+    """The NumPy baseline computes the same update as optcore (so the speed
+    comparison is between equal work)."""
+    import optcore
+    from bench.suites import optimizers
+    rng = np.random.default_rng(3)
+    for rule, (kw, _) in optimizers.RULES.items():
+        theta = rng.standard_normal(1000).astype(np.float32)
+        a, b = theta.copy(), theta.copy()
+        opt = getattr(optcore, rule)([a], **kw)
+        ref = optimizers.NumpyOptimizer(rule, [b], **kw)
+        for _ in range(3):
+            g = rng.standard_normal(1000).astype(np.float32)
+            opt.step([g])
+            ref.step([g])
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=rule)
