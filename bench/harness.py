@@ -142,6 +142,14 @@ def _cuda_probe_fn(r: List[List[Any]], w: List[List[Any]]) -> Callable[[], None]
     ptr_w = np.array([[v.ptr for v in s] for s in views_w], dtype=np.uint64).reshape(len(w), n)
     numels = np.array([v.numel for v in (views_r or views_w)[0]], dtype=np.int64)
     dtype = (views_r or views_w)[0][0].dtype
+    for kind, views in (("reads", views_r), ("writes", views_w)):
+        for k, s in enumerate(views):
+            for i, v in enumerate(s):
+                if v.device != "cuda" or not v.contiguous or v.dtype != dtype or v.dtype not in (0, 1):
+                    raise ValueError(f"{kind}[{k}][{i}]: the CUDA probe needs contiguous float32/float64 "
+                                     "CUDA arrays of one dtype")
+                if v.numel != numels[i]:
+                    raise ValueError(f"{kind}[{k}][{i}]: has {v.numel} elements, expected {numels[i]}")
     probe = _cuda.BandwidthProbe(ptr_r, ptr_w, numels, dtype)
     stream = A.current_stream((views_r or views_w)[0][0])
     return lambda: probe.run(stream)
