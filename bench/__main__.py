@@ -37,10 +37,20 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds-long smoke run")
     p.add_argument("--json", metavar="PATH", help="write rows + machine description here "
                    "(default bench/out/<suite>-<device>[-quick].json)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads for optcore (OMP_NUM_THREADS) and torch (set_num_threads); 0 = default")
     p.add_argument("--list", action="store_true", help="list suites and exit")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = p.parse_args(argv)
 
+    if args.threads > 0:
+        # Before optcore/torch load their OpenMP runtimes.
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
     suites = discover()
     if args.list or not args.suite:
         for name in sorted(suites):
