@@ -1,10 +1,10 @@
-// Bandwidth probe kernel (see kernels_probe.h). Each chunk is processed in
-// L1-sized blocks: the read streams are summed into a block accumulator, then
-// every write stream gets mean(reads) (or a constant when there are no reads).
+// Bandwidth probe kernel (see kernels_probe.h): every write stream gets
+// mean(reads) (or a constant when there are no reads).
 // The mean keeps in-place streams bounded and away from denormals, so the
 // timing never depends on the values. The accumulator lives in L1, so the
 // DRAM traffic is exactly one read per read stream and one write per write
 // stream (plus the store's read-for-ownership, as for any optimizer store).
+// kMaxFixedReads/kMaxFixedWrites bound the fused loops instantiated below.
 #include "cpu/kernels_probe.h"
 
 #include <omp.h>
@@ -16,11 +16,60 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kBlock = 1024;
+constexpr int kMaxFixedReads = 6;
+constexpr int kMaxFixedWrites = 5;
 
+// Fixed stream counts: one element loop over all streams at once, so every
+// stream advances continuously like in the update executor (a blocked loop
+// that visits each stream for a few KiB at a time defeats the hardware
+// prefetchers and measured 1.5-2.7x slower than the optimizers themselves).
+// ivdep: a written stream may be a read stream at the same index only; all
+// loads of an element precede its stores.
 #define OPTCORE_PROBE_BODY                                                               \
+  template <typename T, int NR, int NW>                                                  \
+  void probe_fixed(const void* const* ptrs, int64_t off, int64_t n) {                    \
+    const T* r[NR > 0 ? NR : 1];                                                         \
+    T* w[NW > 0 ? NW : 1];                                                               \
+    for (int k = 0; k < NR; ++k) r[k] = static_cast<const T*>(ptrs[k]) + off;            \
+    for (int k = 0; k < NW; ++k) w[k] = static_cast<T*>(const_cast<void*>(ptrs[NR + k])) + off; \
+    const T scale = NR > 0 ? T(1) / T(NR) : T(0);                                        \
+    const T init = NR > 0 ? T(0) : T(1);                                                 \
+    _Pragma("GCC ivdep")                                                                 \
+    for (int64_t j = 0; j < n; ++j) {                                                    \
+      T acc = init;                                                                      \
+      for (int k = 0; k < NR; ++k) acc += r[k][j];                                       \
+      for (int k = 0; k < NW; ++k) w[k][j] = acc * scale;                                \
+    }                                                                                    \
+  }                                                                                      \
+  template <typename T, int NR>                                                          \
+  bool probe_reads(const void* const* p, int nw, int64_t off, int64_t n) {               \
+    switch (nw) {                                                                        \
+      case 1: probe_fixed<T, NR, 1>(p, off, n); return true;                             \
+      case 2: probe_fixed<T, NR, 2>(p, off, n); return true;                             \
+      case 3: probe_fixed<T, NR, 3>(p, off, n); return true;                             \
+      case 4: probe_fixed<T, NR, 4>(p, off, n); return true;                             \
+      case 5: probe_fixed<T, NR, 5>(p, off, n); return true;                             \
+      default: return false;                                                             \
+    }                                                                                    \
+  }                                                                                      \
+  template <typename T>                                                                  \
+  bool probe_dispatch(const void* const* p, int nr, int nw, int64_t off, int64_t n) {    \
+    switch (nr) {                                                                        \
+      case 0: return probe_reads<T, 0>(p, nw, off, n);                                   \
+      case 1: return probe_reads<T, 1>(p, nw, off, n);                                   \
+      case 2: return probe_reads<T, 2>(p, nw, off, n);                                   \
+      case 3: return probe_reads<T, 3>(p, nw, off, n);                                   \
+      case 4: return probe_reads<T, 4>(p, nw, off, n);                                   \
+      case 5: return probe_reads<T, 5>(p, nw, off, n);                                   \
+      case 6: return probe_reads<T, 6>(p, nw, off, n);                                   \
+      default: return false;                                                             \
+    }                                                                                    \
+  }                                                                                      \
+  /* Any other stream counts: blocked through an L1 accumulator. */                      \
   template <typename T>                                                                  \
   void probe_chunk(const void* const* ptrs, int n_reads, int n_writes, int64_t begin,    \
                    int64_t length) {                                                     \
+    if (probe_dispatch<T>(ptrs, n_reads, n_writes, begin, length)) return;               \
     alignas(64) T acc[kBlock];                                                           \
     const T scale = n_reads > 0 ? T(1) / T(n_reads) : T(0);                              \
     for (int64_t b = 0; b < length; b += kBlock) {                                       \
