@@ -20,7 +20,14 @@ namespace {
 // Values per inner run accumulated in the math type before joining the double sums.
 constexpr int64_t kRun = 1024;
 
-int team(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+// Below this many elements a phase runs on the calling thread: waking a team
+// (and, on a loaded machine, waiting for its threads to be scheduled) costs more.
+constexpr int64_t kParallelElements = int64_t(1) << 16;
+
+int team(int threads, int64_t elements) {
+  if (elements < kParallelElements) return 1;
+  return threads > 0 ? threads : omp_get_max_threads();
+}
 
 template <class F>
 void dispatch(int dtype, F&& f) {
@@ -41,7 +48,7 @@ void partial_stats_mid(const Dims& d, const T* x, double* part, int threads) {
   using M = typename Tr::Math;
   const Partition p = partition(false, d.outer, d.channels, d.inner);
   const int64_t C = d.channels, S = d.inner, items = p.groups * C;
-#pragma omp parallel for schedule(static) num_threads(team(threads))
+#pragma omp parallel for schedule(static) num_threads(team(threads, d.count() * d.channels))
   for (int64_t item = 0; item < items; ++item) {
     const int64_t g = item / C, c = item % C;
     const M shift = Tr::load(x[c * S]);
@@ -75,7 +82,7 @@ void partial_stats_last(const Dims& d, const T* x, double* part, int threads) {
   std::vector<M> shift(C);
   for (int64_t c = 0; c < C; ++c) shift[c] = Tr::load(x[c]);
   const M* __restrict k = shift.data();
-#pragma omp parallel num_threads(team(threads))
+#pragma omp parallel num_threads(team(threads, d.count() * d.channels))
   {
     std::vector<M> acc1(C), acc2(C);
     std::vector<double> sum1(C), sum2(C);
@@ -116,7 +123,7 @@ void merge_stats(const Dims& d, const double* part, int64_t groups, double eps, 
                  int threads) {
   using S = typename StorageTraits<T>::State;
   const int64_t C = d.channels;
-#pragma omp parallel for schedule(static) num_threads(team(threads)) if (C * groups > 4096)
+#pragma omp parallel for schedule(static) num_threads(team(threads, C * groups))
   for (int64_t c = 0; c < C; ++c) {
     double n = 0, mean = 0, m2 = 0;
     for (int64_t g = 0; g < groups; ++g) {
@@ -154,7 +161,7 @@ void forward_apply(const Dims& d, const T* x, T* y, const void* mean_p, const vo
   const M* __restrict b = bias.data();
   if (!d.channels_last) {
     const int64_t S_ = d.inner, items = d.outer * C;
-#pragma omp parallel for schedule(static) num_threads(team(threads))
+#pragma omp parallel for schedule(static) num_threads(team(threads, d.count() * d.channels))
     for (int64_t item = 0; item < items; ++item) {
       const int64_t c = item % C;
       const M mc = m[c], scc = sc[c], bc = b[c];
@@ -164,7 +171,7 @@ void forward_apply(const Dims& d, const T* x, T* y, const void* mean_p, const vo
       for (int64_t s = 0; s < S_; ++s) yr[s] = Tr::store((Tr::load(xr[s]) - mc) * scc + bc);
     }
   } else {
-#pragma omp parallel for schedule(static) num_threads(team(threads))
+#pragma omp parallel for schedule(static) num_threads(team(threads, d.count() * d.channels))
     for (int64_t r = 0; r < d.outer; ++r) {
       const T* __restrict xr = x + r * C;
       T* __restrict yr = y + r * C;
@@ -187,7 +194,7 @@ void backward_reduce(const Dims& d, const T* dy, const T* x, const void* mean_p,
   if (!d.channels_last) {
     const Partition p = partition(false, d.outer, C, d.inner);
     const int64_t S_ = d.inner, items = p.groups * C;
-#pragma omp parallel for schedule(static) num_threads(team(threads))
+#pragma omp parallel for schedule(static) num_threads(team(threads, d.count() * d.channels))
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item / C, c = item % C;
       const M mc = M(mean[c]);
@@ -217,7 +224,7 @@ void backward_reduce(const Dims& d, const T* dy, const T* x, const void* mean_p,
     std::vector<M> mu(C);
     for (int64_t c = 0; c < C; ++c) mu[c] = M(mean[c]);
     const M* __restrict m = mu.data();
-#pragma omp parallel num_threads(team(threads))
+#pragma omp parallel num_threads(team(threads, d.count() * d.channels))
     {
       std::vector<M> acc1(C), acc2(C);
       std::vector<double> sum1(C), sum2(C);
@@ -297,7 +304,7 @@ void backward_apply(const Dims& d, const T* dy, const T* x, T* dx, const void* m
   // dx = (gamma/sigma) (dy - mean(dy) - xhat * mean(dy * xhat))
   if (!d.channels_last) {
     const int64_t S_ = d.inner, items = d.outer * C;
-#pragma omp parallel for schedule(static) num_threads(team(threads))
+#pragma omp parallel for schedule(static) num_threads(team(threads, d.count() * d.channels))
     for (int64_t item = 0; item < items; ++item) {
       const int64_t c = item % C;
       const M mc = m[c], kc = kk[c], mdc = md[c], cfc = cf[c];
@@ -309,7 +316,7 @@ void backward_apply(const Dims& d, const T* dy, const T* x, T* dx, const void* m
         out[s] = Tr::store(kc * ((Tr::load(gr[s]) - mdc) - (Tr::load(xr[s]) - mc) * cfc));
     }
   } else {
-#pragma omp parallel for schedule(static) num_threads(team(threads))
+#pragma omp parallel for schedule(static) num_threads(team(threads, d.count() * d.channels))
     for (int64_t r = 0; r < d.outer; ++r) {
       const T* __restrict xr = x + r * C;
       const T* __restrict gr = dy + r * C;
