@@ -30,18 +30,31 @@ struct Partition {
   int64_t group_size;  // samples n (channel-mid) or rows r (channel-last) per group
 };
 
-inline Partition partition(bool channels_last, int64_t outer, int64_t channels, int64_t inner) {
+// GPU groups are larger: fewer partials keep the per-channel merge (a serial
+// loop over groups, one thread per channel) short, and a grid of
+// groups x channels (or x 32-channel tiles) still fills the device.
+constexpr int64_t kCudaMidGroupElements = int64_t(1) << 15;
+constexpr int64_t kCudaLastGroupElements = int64_t(1) << 18;
+
+inline Partition partition(bool channels_last, int64_t outer, int64_t channels, int64_t inner,
+                           int64_t mid_elements = kMidGroupElements,
+                           int64_t last_elements = kLastGroupElements) {
   Partition p{0, 1};
   if (outer <= 0 || channels <= 0) return p;
   if (channels_last) {
-    p.group_size = (kLastGroupElements + channels - 1) / channels;
+    p.group_size = (last_elements + channels - 1) / channels;
   } else {
-    p.group_size = (kMidGroupElements + inner - 1) / (inner > 0 ? inner : 1);
+    p.group_size = (mid_elements + inner - 1) / (inner > 0 ? inner : 1);
   }
   if (p.group_size < 1) p.group_size = 1;
   if (p.group_size > outer) p.group_size = outer;
   p.groups = (outer + p.group_size - 1) / p.group_size;
   return p;
+}
+
+inline Partition cuda_partition(bool channels_last, int64_t outer, int64_t channels, int64_t inner) {
+  return partition(channels_last, outer, channels, inner, kCudaMidGroupElements,
+                   kCudaLastGroupElements);
 }
 
 // A partial from shifted sums: s1 = sum(x - K), s2 = sum((x - K)^2) over n

@@ -84,8 +84,7 @@ __global__ void reduce_mid_kernel(const T* __restrict__ x, const T* __restrict__
   const M ref = Mode == 0 ? Tr::load(x[c * S]) : M(static_cast<const St*>(mean_p)[c]);
   M a1 = 0, a2 = 0;
   const int64_t len = (n1 - n0) * S;
-  for (int64_t i = threadIdx.x; i < len; i += kThreads) {
-    const int64_t n = n0 + i / S, s = i % S;
+  auto visit = [&](int64_t n, int64_t s) {
     const int64_t at = (n * C + c) * S + s;
     const M v = Tr::load(x[at]) - ref;
     if (Mode == 0) {
@@ -96,6 +95,15 @@ __global__ void reduce_mid_kernel(const T* __restrict__ x, const T* __restrict__
       a1 += gv;
       a2 += gv * v;
     }
+  };
+  if (len < (int64_t(1) << 31)) {  // 32-bit division is several times cheaper
+    const uint32_t len32 = uint32_t(len), s32 = uint32_t(S);
+    for (uint32_t i = threadIdx.x; i < len32; i += kThreads) {
+      const uint32_t q = i / s32;
+      visit(n0 + q, i - q * s32);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < len; i += kThreads) visit(n0 + i / S, i % S);
   }
   sh1[threadIdx.x] = double(a1);
   sh2[threadIdx.x] = double(a2);
@@ -201,11 +209,12 @@ __global__ void backward_finalize_kernel(const double* __restrict__ part, int64_
 
 // ------------------------------------------------------------ element-wise
 
-__device__ __forceinline__ int64_t channel_of(int64_t i, bool cl, int64_t C, int64_t S) {
+template <class I>
+__device__ __forceinline__ I channel_of(I i, bool cl, I C, I S) {
   return cl ? i % C : (i / S) % C;
 }
 
-template <class T>
+template <class T, class I>
 __global__ void forward_apply_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t total,
                                      bool cl, int64_t C, int64_t S,
                                      const typename StorageTraits<T>::State* __restrict__ mean,
@@ -214,16 +223,16 @@ __global__ void forward_apply_kernel(const T* __restrict__ x, T* __restrict__ y,
                                      const typename StorageTraits<T>::State* __restrict__ beta) {
   using Tr = StorageTraits<T>;
   using M = typename Tr::Math;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = channel_of(i, cl, C, S);
+  const I total_i = I(total), C_i = I(C), S_i = I(S);
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < total_i; i += I(gridDim.x) * blockDim.x) {
+    const I c = channel_of<I>(i, cl, C_i, S_i);
     const M scale = M(invstd[c]) * (gamma ? M(gamma[c]) : M(1));
     const M bias = beta ? M(beta[c]) : M(0);
     y[i] = Tr::store((Tr::load(x[i]) - M(mean[c])) * scale + bias);  // eq. 8.35, affine
   }
 }
 
-template <class T>
+template <class T, class I>
 __global__ void backward_apply_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                       T* __restrict__ dx, int64_t total, bool cl, int64_t C,
                                       int64_t S,
@@ -231,9 +240,9 @@ __global__ void backward_apply_kernel(const T* __restrict__ dy, const T* __restr
                                       const double* __restrict__ coeffs) {
   using Tr = StorageTraits<T>;
   using M = typename Tr::Math;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = channel_of(i, cl, C, S);
+  const I total_i = I(total), C_i = I(C), S_i = I(S);
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < total_i; i += I(gridDim.x) * blockDim.x) {
+    const I c = channel_of<I>(i, cl, C_i, S_i);
     const M k = M(coeffs[3 * c]), mdy = M(coeffs[3 * c + 1]), coef = M(coeffs[3 * c + 2]);
     // dx = (gamma/sigma)(dy - mean(dy) - xhat mean(dy xhat))
     dx[i] = Tr::store(k * ((Tr::load(dy[i]) - mdy) - (Tr::load(x[i]) - M(mean[c])) * coef));
@@ -243,7 +252,7 @@ __global__ void backward_apply_kernel(const T* __restrict__ dy, const T* __restr
 template <class T, int Mode>
 void launch_reduce(const Dims& d, const T* x, const T* dy, const void* mean, double* part,
                    cudaStream_t stream) {
-  const Partition p = partition(d.channels_last, d.outer, d.channels, d.inner);
+  const Partition p = cuda_partition(d.channels_last, d.outer, d.channels, d.inner);
   if (p.groups == 0) return;
   if (d.channels_last) {
     const int64_t tiles = (d.channels + kTileC - 1) / kTileC;
@@ -312,11 +321,17 @@ void cuda_forward_apply(int dtype, const Dims& d, const void* x, void* y, const 
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     using S = typename StorageTraits<T>::State;
-    forward_apply_kernel<T><<<elementwise_blocks(total), kThreads, 0,
-                              reinterpret_cast<cudaStream_t>(stream)>>>(
-        static_cast<const T*>(x), static_cast<T*>(y), total, d.channels_last, d.channels, d.inner,
-        static_cast<const S*>(mean), static_cast<const S*>(invstd), static_cast<const S*>(gamma),
-        static_cast<const S*>(beta));
+    auto go = [&](auto index_tag) {
+      using I = decltype(index_tag);
+      forward_apply_kernel<T, I><<<elementwise_blocks(total), kThreads, 0,
+                                   reinterpret_cast<cudaStream_t>(stream)>>>(
+          static_cast<const T*>(x), static_cast<T*>(y), total, d.channels_last, d.channels,
+          d.inner, static_cast<const S*>(mean), static_cast<const S*>(invstd),
+          static_cast<const S*>(gamma), static_cast<const S*>(beta));
+    };
+    // 32-bit indices (cheap division) whenever the grid-stride loop cannot overflow them
+    if (total + int64_t(kThreads) * (int64_t(1) << 20) < (int64_t(1) << 32)) go(uint32_t{});
+    else go(int64_t{});
   });
   check(cudaGetLastError(), "forward launch");
 }
@@ -356,10 +371,15 @@ void cuda_backward_apply(int dtype, const Dims& d, const void* dy, const void* x
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     using S = typename StorageTraits<T>::State;
-    backward_apply_kernel<T><<<elementwise_blocks(total), kThreads, 0,
-                               reinterpret_cast<cudaStream_t>(stream)>>>(
-        static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dx), total,
-        d.channels_last, d.channels, d.inner, static_cast<const S*>(mean), coeffs);
+    auto go = [&](auto index_tag) {
+      using I = decltype(index_tag);
+      backward_apply_kernel<T, I><<<elementwise_blocks(total), kThreads, 0,
+                                    reinterpret_cast<cudaStream_t>(stream)>>>(
+          static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dx), total,
+          d.channels_last, d.channels, d.inner, static_cast<const S*>(mean), coeffs);
+    };
+    if (total + int64_t(kThreads) * (int64_t(1) << 20) < (int64_t(1) << 32)) go(uint32_t{});
+    else go(int64_t{});
   });
   check(cudaGetLastError(), "backward apply launch");
 }

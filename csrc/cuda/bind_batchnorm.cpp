@@ -28,7 +28,7 @@ Dims dims(bool channels_last, int64_t outer, int64_t channels, int64_t inner) {
 void bind_batchnorm_cuda(py::module_& m) {
   m.def("bn_partition",
         [](bool channels_last, int64_t outer, int64_t channels, int64_t inner) {
-          const auto p = batchnorm::partition(channels_last, outer, channels, inner);
+          const auto p = batchnorm::cuda_partition(channels_last, outer, channels, inner);
           return std::make_pair(p.groups, p.group_size);
         },
         py::arg("channels_last"), py::arg("outer"), py::arg("channels"), py::arg("inner"));
