@@ -415,3 +415,16 @@ def test_cuda_deterministic_and_large_mean():
     var = X.var(dim=1, unbiased=False)
     got = 1.0 / outs[0][1].double() ** 2 - 1e-5
     assert bool(((got - var).abs() / var < 1e-4).all())
+
+
+def test_mixed_devices_are_refused_by_name():
+    """No GPU here: check the device comparison on hand-made views."""
+    from optcore import _arrays, normalization
+    x = np.zeros((4, 3), np.float32)
+    cpu = _arrays.view_of(x, "x")
+    fake_gpu = _arrays.View(obj=x, ptr=cpu.ptr, numel=cpu.numel, dtype=0, dtype_name="float32",
+                            shape=cpu.shape, device="cuda", device_id=1, framework="torch",
+                            writeable=True, contiguous=True, aligned=True)
+    with pytest.raises(ValueError, match="running_var: on cuda:1 but x is on cpu"):
+        normalization._same_device(fake_gpu, cpu, "running_var")
+    normalization._same_device(cpu, cpu, "gamma")
