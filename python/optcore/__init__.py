@@ -20,3 +20,4 @@ __all__ = ["backend", "schedules", "amp", "averaging", "clip_grad_norm_", "clip_
 # optcore.torch (torch.optim subclasses) is imported on demand: `import optcore.torch`.
 
 # Further kernel families append their exports below.
+from .normalization import BatchNorm, batch_norm, batch_norm_backward  # noqa: E402,F401
