@@ -48,26 +48,35 @@ class DeviceGuard {
 
 // ---------------------------------------------------------------- kernel
 
+// V elements of X viewed as 16-byte words; the union keeps the repacking in
+// registers. Loads/stores are explicit global-space 128-bit accesses (.cg:
+// each element is touched once per step, so L1 is bypassed).
+template <class X, int V>
+union Pack {
+  static constexpr int kWords = int(V * sizeof(X) / kVectorBytes);
+  static_assert((V * sizeof(X)) % kVectorBytes == 0, "whole 16-byte words");
+  uint4 words[kWords];
+  X elems[V];
+};
+
 template <class X, int V>
 __device__ __forceinline__ void load_vector(const X* p, X (&out)[V]) {
-  static_assert((V * sizeof(X)) % kVectorBytes == 0, "whole 16-byte words");
+  Pack<X, V> pack;
   const uint4* q = reinterpret_cast<const uint4*>(p);
 #pragma unroll
-  for (int w = 0; w < int(V * sizeof(X) / kVectorBytes); ++w) {
-    const uint4 word = q[w];
-    memcpy(reinterpret_cast<char*>(out) + w * kVectorBytes, &word, kVectorBytes);
-  }
+  for (int w = 0; w < Pack<X, V>::kWords; ++w) pack.words[w] = __ldcg(q + w);
+#pragma unroll
+  for (int e = 0; e < V; ++e) out[e] = pack.elems[e];
 }
 
 template <class X, int V>
 __device__ __forceinline__ void store_vector(X* p, const X (&in)[V]) {
+  Pack<X, V> pack;
+#pragma unroll
+  for (int e = 0; e < V; ++e) pack.elems[e] = in[e];
   uint4* q = reinterpret_cast<uint4*>(p);
 #pragma unroll
-  for (int w = 0; w < int(V * sizeof(X) / kVectorBytes); ++w) {
-    uint4 word;
-    memcpy(&word, reinterpret_cast<const char*>(in) + w * kVectorBytes, kVectorBytes);
-    q[w] = word;
-  }
+  for (int w = 0; w < Pack<X, V>::kWords; ++w) __stcg(q + w, pack.words[w]);
 }
 
 __device__ __forceinline__ bool aligned16(const void* p) {
