@@ -37,6 +37,11 @@ void synchronize(int device);
 // replay time; set_graph_scalars() rewrites it in stream order (a host
 // function enqueued on the stream), so a later replay on that stream sees the
 // new values and earlier pending replays keep the old ones.
+//
+// Contracts: steps of one plan must be stream-ordered (same stream, or the
+// caller orders them), as the parameter updates themselves must be; the
+// eager device block is shared between steps. Keep the plan alive while a
+// graph that captured one of its steps may still be replayed.
 class DevicePlan {
  public:
   static constexpr int kRingSlots = 8;
