@@ -1,0 +1,199 @@
+// Bindings of the CUDA update executor: UpdatePlan (same arguments and
+// validation as optcore._core.UpdatePlan, plus the device) and the device
+// queries used by tests and by optcore.backend().
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bindings/registry.h"
+#include "cuda/update.h"
+#include "optcore/plan_types.h"
+#include "optcore/rules/all.h"
+#include "optcore/step_scalars.h"
+
+namespace py = pybind11;
+
+namespace optcore {
+namespace bindings {
+namespace {
+
+struct RuleTraitsRow {
+  int states;
+  bool reads_grad;
+  const char* name;
+};
+
+const RuleTraitsRow& rule_traits(int rule) {
+  static const RuleTraitsRow table[kRuleCount] = {
+#define OPTCORE_TRAITS_ROW(id, Rule) {RuleInfo<Rule>::states, RuleInfo<Rule>::reads_grad, #Rule},
+      OPTCORE_FOR_EACH_RULE(OPTCORE_TRAITS_ROW)
+#undef OPTCORE_TRAITS_ROW
+  };
+  if (rule < 0 || rule >= kRuleCount) throw py::value_error("rule: unknown rule id " + std::to_string(rule));
+  return table[rule];
+}
+
+StepScalars to_scalars(const std::vector<double>& scalars) {
+  if (scalars.size() > static_cast<size_t>(kMaxScalars))
+    throw py::value_error("scalars: at most " + std::to_string(kMaxScalars) + " values");
+  StepScalars s{};
+  for (int i = 0; i < kMaxScalars; ++i)
+    s.v[i] = i < static_cast<int>(scalars.size()) ? scalars[i] : 0.0;
+  return s;
+}
+
+uintptr_t to_stream(py::object stream) {
+  if (stream.is_none()) return 0;
+  return stream.cast<uintptr_t>();
+}
+
+class CudaUpdatePlan {
+ public:
+  CudaUpdatePlan(int rule, const std::vector<uintptr_t>& thetas, const std::vector<int64_t>& numels,
+                 const std::vector<int>& dtypes, const std::vector<std::vector<uintptr_t>>& states,
+                 int device_id, int64_t chunk_elements)
+      : rule_(rule) {
+    const RuleTraitsRow& traits = rule_traits(rule);
+    const size_t n = thetas.size();
+    if (numels.size() != n || dtypes.size() != n)
+      throw py::value_error("UpdatePlan: thetas, numels and dtypes must have the same length");
+    if (static_cast<int>(states.size()) != traits.states)
+      throw py::value_error(std::string("UpdatePlan: ") + traits.name + " takes " +
+                            std::to_string(traits.states) + " state lists, got " +
+                            std::to_string(states.size()));
+    for (const auto& list : states)
+      if (list.size() != n) throw py::value_error("UpdatePlan: every state list needs one pointer per tensor");
+    if (chunk_elements <= 0) throw py::value_error("chunk_elements: must be positive");
+    const int devices = cuda::device_count();
+    if (device_id < 0 || device_id >= devices)
+      throw py::value_error("device_id: " + std::to_string(device_id) + " is not a CUDA device (" +
+                            std::to_string(devices) + " visible)");
+    std::vector<PlanTensor> tensors(n);
+    std::vector<PlanChunk> chunks;
+    for (size_t i = 0; i < n; ++i) {
+      if (dtypes[i] < 0 || dtypes[i] > 3) throw py::value_error("dtypes: unknown dtype code");
+      if (numels[i] < 0) throw py::value_error("numels: negative");
+      PlanTensor& t = tensors[i];
+      t.theta = reinterpret_cast<void*>(thetas[i]);
+      for (int k = 0; k < kMaxStates; ++k)
+        t.states[k] = k < traits.states ? reinterpret_cast<void*>(states[k][i]) : nullptr;
+      t.numel = numels[i];
+      t.dtype = dtypes[i];
+      t.padding = 0;
+      if (numels[i] > 0) {
+        if (!thetas[i]) throw py::value_error("thetas: null pointer for tensor " + std::to_string(i));
+        for (int k = 0; k < traits.states; ++k)
+          if (!states[k][i])
+            throw py::value_error("states: null pointer for tensor " + std::to_string(i));
+      }
+      for (int64_t begin = 0; begin < numels[i]; begin += chunk_elements) {
+        const int64_t len = std::min(chunk_elements, numels[i] - begin);
+        chunks.push_back(PlanChunk{begin, len, static_cast<int32_t>(i), 0});
+      }
+      total_ += numels[i];
+    }
+    numels_ = numels;
+    reads_grad_ = traits.reads_grad;
+    chunk_count_ = chunks.size();
+    plan_ = std::make_unique<cuda::DevicePlan>(rule, device_id, reads_grad_, tensors, chunks);
+  }
+
+  // grads: uint64 array of device pointers, one per tensor (ignored by rules
+  // that read no gradient). stream: a cudaStream_t as an integer, 0 = legacy default.
+  void step(py::object grads, const std::vector<double>& scalars, py::object stream) {
+    const StepScalars s = to_scalars(scalars);
+    const uintptr_t st = to_stream(stream);
+    const uint64_t* p = nullptr;
+    py::array_t<uint64_t, py::array::c_style> arr;
+    if (reads_grad_) {
+      arr = py::array_t<uint64_t, py::array::c_style>::ensure(grads);
+      if (!arr || arr.ndim() != 1 || static_cast<size_t>(arr.shape(0)) != numels_.size())
+        throw py::value_error("grads: expected a uint64 array of " + std::to_string(numels_.size()) +
+                              " data pointers");
+      p = arr.data();
+      for (size_t i = 0; i < numels_.size(); ++i)
+        if (numels_[i] > 0 && p[i] == 0)
+          throw py::value_error("grads: null pointer for tensor " + std::to_string(i));
+    }
+    py::gil_scoped_release release;
+    plan_->step(p, s, st);
+  }
+
+  void set_graph_scalars(const std::vector<double>& scalars, py::object stream) {
+    const StepScalars s = to_scalars(scalars);
+    const uintptr_t st = to_stream(stream);
+    py::gil_scoped_release release;
+    plan_->set_graph_scalars(s, st);
+  }
+
+  int64_t total_elements() const { return total_; }
+  size_t tensor_count() const { return numels_.size(); }
+  size_t chunk_count() const { return chunk_count_; }
+  int rule() const { return rule_; }
+  int device_id() const { return plan_->device(); }
+  int grid_size() const { return plan_->grid_size(); }
+  int block_size() const { return plan_->block_size(); }
+
+ private:
+  int rule_;
+  bool reads_grad_ = true;
+  int64_t total_ = 0;
+  size_t chunk_count_ = 0;
+  std::vector<int64_t> numels_;
+  std::unique_ptr<cuda::DevicePlan> plan_;
+};
+
+void bind_update(py::module_& m) {
+  py::class_<CudaUpdatePlan>(
+      m, "UpdatePlan",
+      "Device-resident work decomposition of one update rule over a fixed list of CUDA tensors.\n\n"
+      "step(grads, scalars, stream) launches one kernel. A step issued on a capturing stream is\n"
+      "recorded into the graph with its own staging buffer; set_graph_scalars(scalars, stream)\n"
+      "changes the scalars later replays on that stream use.")
+      .def(py::init<int, const std::vector<uintptr_t>&, const std::vector<int64_t>&,
+                    const std::vector<int>&, const std::vector<std::vector<uintptr_t>>&, int, int64_t>(),
+           py::arg("rule"), py::arg("thetas"), py::arg("numels"), py::arg("dtypes"),
+           py::arg("states"), py::arg("device_id"), py::arg("chunk_elements") = 65536)
+      .def("step", &CudaUpdatePlan::step, py::arg("grads"), py::arg("scalars"),
+           py::arg("stream") = 0)
+      .def("set_graph_scalars", &CudaUpdatePlan::set_graph_scalars, py::arg("scalars"),
+           py::arg("stream") = 0)
+      .def_property_readonly("total_elements", &CudaUpdatePlan::total_elements)
+      .def_property_readonly("tensor_count", &CudaUpdatePlan::tensor_count)
+      .def_property_readonly("chunk_count", &CudaUpdatePlan::chunk_count)
+      .def_property_readonly("rule", &CudaUpdatePlan::rule)
+      .def_property_readonly("device_id", &CudaUpdatePlan::device_id)
+      .def_property_readonly("grid_size", &CudaUpdatePlan::grid_size)
+      .def_property_readonly("block_size", &CudaUpdatePlan::block_size);
+
+  m.def("device_count", &cuda::device_count, "Number of visible CUDA devices; 0 without a driver or GPU.");
+  m.def("device_name", [](int device) {
+    const int n = cuda::device_count();
+    if (device < 0 || device >= n)
+      throw py::value_error("device: " + std::to_string(device) + " is not a CUDA device (" +
+                            std::to_string(n) + " visible)");
+    return cuda::device_name(device);
+  }, py::arg("device"));
+  m.def("runtime_version", &cuda::runtime_version);
+  m.def("driver_version", &cuda::driver_version, "CUDA driver version; 0 without a driver.");
+  m.def("launch_count", &cuda::launch_count, "Update kernels launched so far by this process.");
+  m.def("synchronize", [](int device) {
+    py::gil_scoped_release release;
+    cuda::synchronize(device);
+  }, py::arg("device_id") = 0);
+  m.attr("RULE_COUNT") = kRuleCount;
+  m.attr("MAX_SCALARS") = kMaxScalars;
+}
+
+RegisterBindings registered("update", &bind_update);
+
+}  // namespace
+}  // namespace bindings
+}  // namespace optcore
