@@ -20,3 +20,5 @@ __all__ = ["backend", "schedules", "amp", "averaging", "clip_grad_norm_", "clip_
 # optcore.torch (torch.optim subclasses) is imported on demand: `import optcore.torch`.
 
 # Further kernel families append their exports below.
+from .second_order import BFGS, CG, LBFGS, Newton, NonlinearCG, OptimizeResult, minimize  # noqa: E402
+__all__ += ["minimize", "OptimizeResult", "LBFGS", "BFGS", "CG", "NonlinearCG", "Newton"]
