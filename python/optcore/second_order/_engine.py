@@ -333,9 +333,9 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
             alpha = exact_quadratic_step(dphi0, vdot(xp, d, Hd))
             fa, ga = phi(alpha)
             ls = LineSearchResult(alpha, fa, ga, True, 1)
-        else:  # fixed step (stochastic training loops)
-            fa, ga = phi(lr)
-            ls = LineSearchResult(lr, fa, ga, True, 1)
+        else:  # fixed step lr·α₀ (stochastic training loops; α₀ = 1 once curvature is known)
+            fa, ga = phi(lr * alpha0)
+            ls = LineSearchResult(lr * alpha0, fa, ga, True, 1)
         decreased = ls.alpha > 0 and ls.value < f
         if not ls.success and not decreased:
             if engine.has_curvature():
