@@ -220,7 +220,7 @@ class CGEngine:
         self.restarts = 0
 
     def has_curvature(self) -> bool:
-        return self.d_prev is not None and self.since_restart > 0
+        return self.d_prev is not None and self.since_restart > 1
 
     def record(self, step, d, g_old, g_new) -> None:
         pass
@@ -254,8 +254,6 @@ class CGEngine:
         self.since_restart = 0
 
     def initial_step(self, first: bool, f, f_prev, gnorm, dphi0) -> float:
-        if first:
-            return min(1.0, 1.0 / max(gnorm, 1e-300))
         return _interpolated_initial_step(f, f_prev, dphi0)
 
 
@@ -297,6 +295,7 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
     xp = obj.xp
     nit = 0
     x_trial = xp.empty_like(x)
+    retried = False
     while True:
         if float(xp.max(xp.abs(g))) <= gtol if g.size else True:
             return LoopOutcome(x, f, g, nit, True, "Optimization terminated successfully "
@@ -338,9 +337,9 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
             ls = LineSearchResult(lr * alpha0, fa, ga, True, 1)
         decreased = ls.alpha > 0 and ls.value < f
         if not ls.success and not decreased:
-            if engine.has_curvature():
+            if engine.has_curvature() and not retried:
                 engine.reset()  # retry once from steepest descent
-                state.iterations += 1
+                retried = True
                 continue
             return LoopOutcome(x, f, g, nit, False, "Line search failed: "
                                + (ls.message or "no decrease along the descent direction")
@@ -349,6 +348,7 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
         g_new = ls.grad
         if g_new is None:
             _, g_new = phi(ls.alpha)
+        retried = False
         engine.record(ls.alpha, d, g, g_new)
         x = x + ls.alpha * d if x.dtype == d.dtype else (x + ls.alpha * d).astype(x.dtype)
         f_old = f
