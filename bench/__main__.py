@@ -1,0 +1,81 @@
+"""``python -m bench --suite NAME [--device cpu|cuda] [--quick] [--json PATH]``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import time
+from typing import Dict, List
+
+from bench import harness
+
+
+def discover() -> Dict[str, str]:
+    """Suite name -> description for every module in bench/suites/."""
+    import bench.suites as pkg
+    found = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("_"):
+            continue
+        found[info.name] = ""
+    return found
+
+
+def load(name: str):
+    mod = importlib.import_module(f"bench.suites.{name}")
+    if not hasattr(mod, "run"):
+        raise SystemExit(f"--suite {name}: bench/suites/{name}.py has no run(ctx)")
+    return mod
+
+
+def main(argv: List[str] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--suite", action="append", help="suite name (repeatable); 'all' runs every suite")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds-long smoke run")
+    p.add_argument("--json", metavar="PATH", help="write rows + machine description here "
+                   "(default bench/out/<suite>-<device>[-quick].json)")
+    p.add_argument("--list", action="store_true", help="list suites and exit")
+    p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    args = p.parse_args(argv)
+
+    suites = discover()
+    if args.list or not args.suite:
+        for name in sorted(suites):
+            print(f"{name:20s} {getattr(load(name), 'DESCRIPTION', '')}")
+        return 0 if args.list else 2
+    names = sorted(suites) if "all" in args.suite else args.suite
+    for name in names:
+        if name not in suites:
+            raise SystemExit(f"--suite: unknown suite {name!r}; available: {', '.join(sorted(suites))}")
+
+    machine = harness.machine_description(args.device)
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
+    for name in names:
+        mod = load(name)
+        ctx = harness.Context(device=args.device, quick=args.quick)
+        t0 = time.perf_counter()
+        rows = mod.run(ctx)
+        elapsed = time.perf_counter() - t0
+        print(f"\n== {name} ({args.device}{', quick' if args.quick else ''}): "
+              f"{getattr(mod, 'DESCRIPTION', '')} [{elapsed:.1f} s]")
+        columns = getattr(mod, "COLUMNS", None)
+        harness.print_table(rows, columns)
+        if args.markdown:
+            print()
+            print(harness.format_table(rows, columns, markdown=True))
+        path = args.json
+        if path is None:
+            path = os.path.join("bench", "out", f"{name}-{args.device}{'-quick' if args.quick else ''}.json")
+        elif len(names) > 1:
+            root, ext = os.path.splitext(path)
+            path = f"{root}-{name}{ext or '.json'}"
+        harness.write_json(path, name, ctx, rows, " ".join(["python -m bench"] + sys.argv[1:]), elapsed)
+        print(f"[json: {path}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

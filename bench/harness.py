@@ -1,0 +1,323 @@
+"""Timing, bandwidth probe, rows and tables shared by every benchmark suite.
+
+A suite is ``bench/suites/<name>.py`` with ``DESCRIPTION: str`` and
+``run(ctx) -> list[dict]``; ``ctx`` is a :class:`Context` carrying the device,
+the quick flag and the functions below.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds per call over ``n`` timed calls."""
+
+    median_s: float
+    p20_s: float
+    p80_s: float
+    min_s: float
+    n: int
+
+    def as_dict(self) -> Dict[str, float]:
+        return {"median_s": self.median_s, "p20_s": self.p20_s, "p80_s": self.p80_s,
+                "min_s": self.min_s, "n": self.n}
+
+
+def _quantile(sorted_xs: Sequence[float], q: float) -> float:
+    # Linear interpolation between order statistics (numpy's default method).
+    if len(sorted_xs) == 1:
+        return sorted_xs[0]
+    pos = q * (len(sorted_xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def timing_from_samples(samples: Sequence[float]) -> Timing:
+    xs = sorted(samples)
+    if not xs:
+        raise ValueError("samples: need at least one timing")
+    return Timing(statistics.median(xs), _quantile(xs, 0.2), _quantile(xs, 0.8), xs[0], len(xs))
+
+
+def measure(fn: Callable[[], Any], *, repeats: Optional[int] = None, warmup: int = 3,
+            min_time_s: float = 0.3, max_time_s: float = 3.0, min_repeats: int = 5,
+            max_repeats: int = 1000, sync: Optional[Callable[[], Any]] = None) -> Timing:
+    """Time ``fn()`` per call: median, 20th and 80th percentile of individual calls.
+
+    With ``repeats=None`` the count adapts: enough calls to fill ``min_time_s``
+    (at least ``min_repeats``), but stopping once ``max_time_s`` has been spent
+    (at least 3 calls). ``sync`` (e.g. ``torch.cuda.synchronize``) runs after
+    every call inside the timed region so asynchronous work is counted.
+    """
+    def once() -> float:
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        return time.perf_counter() - t0
+
+    if sync is not None:
+        sync()
+    first = None
+    for _ in range(max(warmup, 0)):
+        first = once()
+    samples: List[float] = []
+    if repeats is not None:
+        samples = [once() for _ in range(max(repeats, 1))]
+        return timing_from_samples(samples)
+    if first is None:
+        first = once()
+    want = int(min_time_s / max(first, 1e-9)) + 1
+    want = max(min_repeats, min(want, max_repeats))
+    spent = 0.0
+    while len(samples) < want:
+        s = once()
+        samples.append(s)
+        spent += s
+        if spent > max_time_s and len(samples) >= 3:
+            break
+    return timing_from_samples(samples)
+
+
+# ---------------------------------------------------------------- bandwidth probe
+def _is_cuda_array(a: Any) -> bool:
+    mod = type(a).__module__
+    if mod.startswith("torch"):
+        return bool(a.is_cuda)
+    return mod.startswith("cupy")
+
+
+def _as_streams(streams: Sequence[Any]) -> List[List[Any]]:
+    return [list(s) if isinstance(s, (list, tuple)) else [s] for s in streams]
+
+
+def bandwidth_probe_fn(reads: Sequence[Any], writes: Sequence[Any], *, threads: int = 0) -> Callable[[], None]:
+    """A callable that streams ``reads`` and ``writes`` once, purely memory bound.
+
+    Each stream is an array or a list of arrays (one per tensor; same sizes in
+    every stream). A write stream may also be a read stream (in place), as an
+    optimizer's parameters and state are. CPU: ``optcore._core.BandwidthProbe``
+    (the executor's chunking and OpenMP schedule). CUDA: ``optcore._cuda``'s
+    probe kernel when built. Each call writes mean(reads) into every write stream.
+    """
+    r, w = _as_streams(reads), _as_streams(writes)
+    first = (r or w)[0][0]
+    if _is_cuda_array(first):
+        return _cuda_probe_fn(r, w)
+    from optcore import _core
+    arrays_r = [[_to_numpy_view(a) for a in s] for s in r]
+    arrays_w = [[_to_numpy_view(a) for a in s] for s in w]
+    probe = _core.BandwidthProbe(arrays_r, arrays_w)
+    return lambda: probe.run(threads)
+
+
+def _to_numpy_view(a: Any) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    if type(a).__module__.startswith("torch"):
+        return a.detach().numpy()  # shares memory for CPU tensors
+    raise TypeError(f"bandwidth probe: unsupported array type {type(a).__name__}")
+
+
+def _cuda_probe_fn(r: List[List[Any]], w: List[List[Any]]) -> Callable[[], None]:
+    from optcore import _cuda  # type: ignore[attr-defined]
+    import optcore._arrays as A
+    views_r = [[A.view_of(a, "reads") for a in s] for s in r]
+    views_w = [[A.view_of(a, "writes") for a in s] for s in w]
+    n = len((views_r or views_w)[0])
+    ptr_r = np.array([[v.ptr for v in s] for s in views_r], dtype=np.uint64).reshape(len(r), n)
+    ptr_w = np.array([[v.ptr for v in s] for s in views_w], dtype=np.uint64).reshape(len(w), n)
+    numels = np.array([v.numel for v in (views_r or views_w)[0]], dtype=np.int64)
+    dtype = (views_r or views_w)[0][0].dtype
+    probe = _cuda.BandwidthProbe(ptr_r, ptr_w, numels, dtype)
+    stream = A.current_stream((views_r or views_w)[0][0])
+    return lambda: probe.run(stream)
+
+
+def cuda_copy_fn(dst: Any, src: Any) -> Callable[[], None]:
+    """Device-to-device copy bandwidth reference (the framework's own copy)."""
+    return lambda: dst.copy_(src) if hasattr(dst, "copy_") else dst.__setitem__(Ellipsis, src)
+
+
+# ---------------------------------------------------------------- rows and tables
+def row(suite: str, case: str, impl: str, timing: Optional[Timing], bytes_moved: Optional[float],
+        probe_timing: Optional[Timing] = None, **extra: Any) -> Dict[str, Any]:
+    """One result row: times in ms, GB/s from ``bytes_moved`` and the median,
+    and ``probe_pct`` = probe median / this median × 100 (the probe moves the
+    same bytes, so this is the share of attainable bandwidth reached).
+    ``timing=None`` records an implementation that is not available
+    (give the reason as ``note=``)."""
+    out: Dict[str, Any] = {"suite": suite, "case": case, "impl": impl}
+    if timing is not None:
+        out.update(median_ms=timing.median_s * 1e3, p20_ms=timing.p20_s * 1e3,
+                   p80_ms=timing.p80_s * 1e3, n=timing.n)
+        if bytes_moved:
+            out["gbps"] = bytes_moved / timing.median_s / 1e9
+        if probe_timing is not None:
+            out["probe_pct"] = 100.0 * probe_timing.median_s / timing.median_s
+    out.update(extra)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        a = abs(v)
+        if a == 0:
+            return "0"
+        if a >= 100:
+            return f"{v:.0f}"
+        if a >= 10:
+            return f"{v:.1f}"
+        if a >= 0.01:
+            return f"{v:.2f}"
+        return f"{v:.2e}"
+    return str(v)
+
+
+DEFAULT_COLUMNS = ("case", "impl", "median_ms", "p20_ms", "p80_ms", "gbps", "probe_pct")
+
+
+def format_table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None,
+                 markdown: bool = False) -> str:
+    """Rows as an aligned text table (or a Markdown table). Columns: the
+    defaults first, then every other key in first-seen order."""
+    if columns is None:
+        cols = [c for c in DEFAULT_COLUMNS if any(c in r for r in rows)]
+        for r in rows:
+            for k in r:
+                if k not in cols and k not in ("suite", "n"):
+                    cols.append(k)
+    else:
+        cols = list(columns)
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(lines)
+    widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
+    num = [all(_is_num(r.get(c)) for r in rows if r.get(c) is not None) for c in cols]
+
+    def line(vals: Sequence[str]) -> str:
+        return "  ".join(v.rjust(wd) if nm else v.ljust(wd) for v, wd, nm in zip(vals, widths, num)).rstrip()
+
+    out = [line(cols), line(["-" * wd for wd in widths])]
+    out += [line(c) for c in cells]
+    return "\n".join(out)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def print_table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None) -> None:
+    print(format_table(rows, columns), flush=True)
+
+
+# ---------------------------------------------------------------- machine and context
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: str = "cpu") -> Dict[str, Any]:
+    """CPU model, cores, ISA in use, library versions, date; GPU name for cuda."""
+    info: Dict[str, Any] = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "device": device,
+        "cpu_model": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+    }
+    try:
+        import optcore
+        from optcore import _core
+        info["optcore"] = getattr(optcore, "__version__", "?")
+        info["cpu_isa"] = _core.cpu_isa()
+        info["cpu_isa_detected"] = _core.cpu_isa_detected()
+    except Exception as exc:  # noqa: BLE001 - the description must never fail
+        info["optcore"] = f"unavailable: {exc}"
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if device == "cuda" and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+    except Exception:  # noqa: BLE001
+        info["torch"] = None
+    return info
+
+
+@dataclass
+class Context:
+    """What a suite's ``run(ctx)`` gets."""
+
+    device: str = "cpu"
+    quick: bool = False
+    measure: Callable[..., Timing] = measure
+    bandwidth_probe_fn: Callable[..., Callable[[], None]] = bandwidth_probe_fn
+    row: Callable[..., Dict[str, Any]] = row
+    print_table: Callable[..., None] = print_table
+    progress: bool = True
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def sync(self) -> None:
+        """Wait for the device (no-op on CPU)."""
+        if self.device == "cuda":
+            _cuda_synchronize()
+
+    def sync_fn(self) -> Optional[Callable[[], None]]:
+        return _cuda_synchronize if self.device == "cuda" else None
+
+    def log(self, msg: str) -> None:
+        if self.progress:
+            print(msg, file=sys.stderr, flush=True)
+
+
+def _cuda_synchronize() -> None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            return
+    except ImportError:
+        pass
+    import cupy  # type: ignore
+    cupy.cuda.runtime.deviceSynchronize()
+
+
+def write_json(path: str, suite: str, ctx: Context, rows: Sequence[Dict[str, Any]],
+               command: str, elapsed_s: float) -> None:
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    doc = {"suite": suite, "command": command, "quick": ctx.quick, "elapsed_s": elapsed_s,
+           "machine": machine_description(ctx.device), "rows": list(rows)}
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, default=str)

@@ -1,0 +1,1 @@
+"""Benchmark suites: each module has DESCRIPTION and run(ctx) -> list[dict]."""
