@@ -112,7 +112,7 @@ def test_torch_parameters_updated_in_place():
         with torch.enable_grad():
             loss = ((p - target) ** 2).sum()
             (g,) = torch.autograd.grad(loss, p)
-        return float(loss), [g]
+        return float(loss.detach()), [g]
     opt = optcore.LBFGS([w])
     opt.step(closure)
     assert w.data_ptr() == data_ptr
