@@ -309,12 +309,14 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
             d = engine.direction(g)
             dphi0 = vdot(xp, g, d)
         first = state.iterations == 0 and not engine.has_curvature()
-        gnorm = math.sqrt(vdot(xp, g, g))
+        gnorm = math.sqrt(vdot(xp, g, g)) if first else 0.0
         alpha0 = engine.initial_step(first, f, state.f_prev, gnorm, dphi0)
+        trial_at = [None]
 
         def phi(alpha: float):
             xp.multiply(d, alpha, out=x_trial)
             x_trial.__iadd__(x)
+            trial_at[0] = alpha
             return obj(x_trial)
 
         def slope(gr) -> float:
@@ -350,7 +352,10 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
             _, g_new = phi(ls.alpha)
         retried = False
         engine.record(ls.alpha, d, g, g_new)
-        x = x + ls.alpha * d if x.dtype == d.dtype else (x + ls.alpha * d).astype(x.dtype)
+        if trial_at[0] == ls.alpha:  # the trial buffer already holds x + αd
+            x, x_trial = x_trial, x
+        else:
+            x = (x + ls.alpha * d).astype(x.dtype, copy=False)
         f_old = f
         f, g = ls.value, g_new
         state.f_prev = f_old
