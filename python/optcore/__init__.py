@@ -21,3 +21,5 @@ __all__ = ["backend", "schedules", "amp", "averaging", "clip_grad_norm_", "clip_
 
 # Further kernel families append their exports below.
 from .normalization import BatchNorm, batch_norm, batch_norm_backward  # noqa: E402,F401
+from .second_order import BFGS, CG, LBFGS, Newton, NonlinearCG, OptimizeResult, minimize  # noqa: E402
+__all__ += ["minimize", "OptimizeResult", "LBFGS", "BFGS", "CG", "NonlinearCG", "Newton"]

@@ -350,3 +350,40 @@ def empty_array(v: View, shape: Tuple[int, ...], dtype_name: Optional[str] = Non
     torch = _torch_module()
     dtype = v.obj.dtype if dtype_name is None else getattr(torch, dtype_name)
     return torch.empty(shape, dtype=dtype, device=v.obj.device)
+def ndarray_view(obj: Any, name: str):
+    """A zero-copy flat numpy (CPU) or cupy (CUDA) view of ``obj``, and its array module.
+
+    Torch tensors are viewed through ``.detach().numpy()`` on the CPU and DLPack
+    on CUDA (which needs cupy). The view shares memory: writing it writes ``obj``.
+    """
+    if isinstance(obj, np.ndarray):
+        return obj.reshape(-1), np
+    if is_cupy(obj):
+        return obj.reshape(-1), _cupy_module()
+    if is_torch(obj):
+        t = obj.detach()
+        if t.device.type == "cpu":
+            return t.numpy().reshape(-1), np
+        try:
+            import cupy
+        except ImportError:
+            raise TypeError(f"{name}: CUDA torch tensors need cupy for this method "
+                            "(pip install optcore[cuda])") from None
+        return cupy.from_dlpack(t).reshape(-1), cupy
+    raise TypeError(f"{name}: expected a numpy array, cupy array or torch tensor, "
+                    f"got {type(obj).__module__}.{type(obj).__qualname__}")
+
+
+def available_memory_bytes(device: str = "cpu", device_id: int = -1) -> int:
+    """Free memory on ``device`` now (CPU: available physical pages; CUDA: cudaMemGetInfo)."""
+    if device == "cuda":
+        cupy = _cupy_module()
+        if cupy is not None:
+            with cupy.cuda.Device(max(device_id, 0)):
+                return int(cupy.cuda.runtime.memGetInfo()[0])
+        return 8 << 30
+    try:
+        import os
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30

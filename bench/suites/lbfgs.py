@@ -1,0 +1,137 @@
+"""L-BFGS direction (compact form, two streaming passes over the history) against a
+same-run bandwidth probe for the same streams, and a full L-BFGS iteration beyond
+the closure against torch.optim.LBFGS."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+DESCRIPTION = ("L-BFGS: direction d = -Hg (n = 2^23, m = 10, fp32) vs a bandwidth probe of the "
+               "same ~4mn reads; one iteration beyond the closure vs torch.optim.LBFGS")
+
+
+def _fill_history(ws, S, Y, g, d, rng, m, n, dtype) -> None:
+    """Push m pairs with positive curvature (y = c ⊙ s, c > 0) through the kernel."""
+    c = rng.uniform(0.5, 2.0, n).astype(dtype)
+    for _ in range(m):
+        s = rng.standard_normal(n).astype(dtype)
+        y = (c * s).astype(dtype)
+        ws.direction(S.ctypes.data, Y.ctypes.data, n, s.ctypes.data, y.ctypes.data, True,
+                     g.ctypes.data, d.ctypes.data, 1e-8)
+    assert ws.count == m
+
+
+def _direction_rows(ctx, n: int, m: int) -> List[Dict[str, Any]]:
+    from optcore import _core
+    rng = np.random.default_rng(0)
+    dtype = np.float32
+    S = np.zeros((m, n), dtype)
+    Y = np.zeros((m, n), dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    d = np.empty(n, dtype)
+    ws = _core.LbfgsWorkspace(n, m, 0)
+    _fill_history(ws, S, Y, g, d, rng, m, n, dtype)
+
+    def direction():
+        ws.direction(S.ctypes.data, Y.ctypes.data, n, 0, 0, False, g.ctypes.data, d.ctypes.data, 1e-8)
+
+    # Pass 1 reads S, Y, g; pass 2 reads them again and writes d.
+    reads = [S[i] for i in range(m)] + [Y[i] for i in range(m)] + [g]
+    pass1 = ctx.bandwidth_probe_fn(reads, [])
+    pass2 = ctx.bandwidth_probe_fn(reads, [d])
+
+    def probe():
+        pass1()
+        pass2()
+
+    min_t = 0.05 if ctx.quick else 1.0
+    bytes_moved = 4 * (2 * (2 * m + 1) * n + n)
+    tp = ctx.measure(probe, min_time_s=min_t)
+    td = ctx.measure(direction, min_time_s=min_t)
+    case = f"direction fp32 n={n} m={m}"
+    rows = [ctx.row("lbfgs", case, "probe (same streams)", tp, bytes_moved),
+            ctx.row("lbfgs", case, "optcore", td, bytes_moved, probe_timing=tp)]
+    # Threads: one and all, to show the scaling.
+    t1 = ctx.measure(lambda: ws.direction(S.ctypes.data, Y.ctypes.data, n, 0, 0, False, g.ctypes.data,
+                                          d.ctypes.data, 1e-8, 1), min_time_s=min_t)
+    rows.append(ctx.row("lbfgs", case, "optcore 1 thread", t1, bytes_moved))
+    return rows
+
+
+def _iteration_rows(ctx, n: int, m: int) -> List[Dict[str, Any]]:
+    """Time per L-BFGS iteration beyond the closure: each step runs ``iters``
+    iterations with fixed unit steps (no line search) on the gradient of a diagonal
+    quadratic (every pair is kept); closure calls are counted and their measured
+    time subtracted, so differing evaluation counts do not skew the comparison."""
+    try:
+        import torch
+    except ImportError:
+        return [ctx.row("lbfgs", "iteration", "torch.optim.LBFGS", None, None, note="torch missing")]
+    import optcore
+    from bench.harness import Timing
+    iters = 4
+    rng = np.random.default_rng(1)
+    c_np = rng.uniform(0.5, 2.0, n).astype(np.float32) * 1e-3
+    calls = {"ours": 0, "torch": 0}
+
+    x = rng.standard_normal(n).astype(np.float32)
+    gbuf = np.empty(n, np.float32)
+
+    def closure(params):
+        calls["ours"] += 1
+        np.multiply(c_np, params[0], out=gbuf)
+        return 0.0, [gbuf]
+
+    opt = optcore.LBFGS([x], history_size=m, line_search=None, max_iter=iters, lr=1.0, gtol=0.0,
+                        ftol=0.0)
+    xt = torch.from_numpy(rng.standard_normal(n).astype(np.float32)).requires_grad_(True)
+    ct = torch.from_numpy(c_np)
+    xt.grad = torch.zeros_like(xt)
+    topt = torch.optim.LBFGS([xt], history_size=m, max_iter=iters, lr=1.0, line_search_fn=None,
+                             tolerance_grad=0.0, tolerance_change=0.0)
+
+    def tclosure():
+        calls["torch"] += 1
+        with torch.no_grad():
+            torch.mul(ct, xt, out=xt.grad)
+        return torch.zeros(())
+
+    for _ in range(m // iters + 2):
+        opt.step(closure)
+        topt.step(tclosure)
+    min_t = 0.05 if ctx.quick else 1.0
+    rows = []
+    case = f"iteration beyond closure fp32 n={n} m={m}"
+    per_iter = {}
+    for name, step, cl, key in (("torch.optim.LBFGS", lambda: topt.step(tclosure), tclosure, "torch"),
+                                ("optcore.LBFGS", lambda: opt.step(closure), lambda: closure([x]), "ours")):
+        calls[key] = 0
+        t = ctx.measure(step, min_time_s=min_t, warmup=1)
+        per_step_calls = calls[key] / max(t.n + 1, 1)
+        t_cl = ctx.measure(cl, min_time_s=min_t)
+        extra = per_step_calls * t_cl.median_s
+
+        def adj(v):
+            return max((v - extra) / iters, 1e-12)
+        per_iter[key] = Timing(median_s=adj(t.median_s), p20_s=adj(t.p20_s), p80_s=adj(t.p80_s),
+                               min_s=adj(t.min_s), n=t.n)
+        rows.append((name, per_iter[key], per_step_calls))
+    out = []
+    for name, timing, ncalls in rows:
+        extra = {"closure_calls_per_step": ncalls}
+        if name == "optcore.LBFGS":
+            extra["speedup_vs_torch"] = per_iter["torch"].median_s / timing.median_s
+        out.append(ctx.row("lbfgs", case, name, timing, None, **extra))
+    return out
+
+
+def run(ctx: Any) -> List[Dict[str, Any]]:
+    if ctx.device != "cpu":
+        return [ctx.row("lbfgs", "direction", "optcore (cuda)", None, None,
+                        note="CUDA timing not wired in this suite yet")]
+    n = 1 << 14 if ctx.quick else 1 << 23
+    m = 10
+    rows = _direction_rows(ctx, n, m)
+    rows += _iteration_rows(ctx, n, m)
+    return rows

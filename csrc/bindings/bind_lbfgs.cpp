@@ -1,0 +1,81 @@
+// Bindings of the CPU L-BFGS direction workspace. Python (optcore.second_order)
+// owns the history ring buffers and validates every array; this layer checks
+// the scalars, releases the GIL and calls the kernel.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "bindings/registry.h"
+#include "cpu/lbfgs.h"
+
+namespace py = pybind11;
+
+namespace optcore {
+namespace bindings {
+namespace {
+
+void* as_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+bool lbfgs_direction(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y, int64_t ld,
+                     uintptr_t s_new, uintptr_t y_new, bool has_new, uintptr_t g, uintptr_t d,
+                     double eps, int threads) {
+  if (ld < ws.n()) throw py::value_error("ld: slot stride must be at least n = " + std::to_string(ws.n()));
+  if (!(eps >= 0.0) || !std::isfinite(eps)) throw py::value_error("eps: curvature tolerance must be finite and >= 0");
+  if (threads < 0) throw py::value_error("threads: must be >= 0 (0 = all)");
+  if (ws.n() > 0 && (S == 0 || Y == 0 || g == 0 || d == 0 || (has_new && (s_new == 0 || y_new == 0))))
+    throw py::value_error("lbfgs_direction: null data pointer");
+  cpu::LbfgsBuffers buf{as_ptr(S), as_ptr(Y), ld, as_ptr(s_new), as_ptr(y_new), as_ptr(g), as_ptr(d)};
+  py::gil_scoped_release release;
+  return ws.direction(buf, has_new, eps, threads);
+}
+
+void bind_lbfgs(py::module_& m) {
+  py::class_<cpu::LbfgsWorkspace>(m, "LbfgsWorkspace",
+                                  "Preallocated L-BFGS direction workspace (compact form, float64 sums)")
+      .def(py::init<int64_t, int, int>(), py::arg("n"), py::arg("m"), py::arg("dtype"))
+      .def("direction", &lbfgs_direction, py::arg("S"), py::arg("Y"), py::arg("ld"), py::arg("s_new"),
+           py::arg("y_new"), py::arg("has_new"), py::arg("g"), py::arg("d"), py::arg("eps"),
+           py::arg("threads") = 0,
+           "Offer the candidate pair (s_new, y_new) if has_new, then write d = -H g. "
+           "Returns whether the pair was accepted.")
+      .def("reset", &cpu::LbfgsWorkspace::reset)
+      .def_property_readonly("n", &cpu::LbfgsWorkspace::n)
+      .def_property_readonly("m", &cpu::LbfgsWorkspace::m)
+      .def_property_readonly("dtype", &cpu::LbfgsWorkspace::dtype)
+      .def_property_readonly("count", [](cpu::LbfgsWorkspace& ws) {
+        return static_cast<int>(ws.meta()[ws.layout().count()]);
+      })
+      .def_property_readonly("oldest", [](cpu::LbfgsWorkspace& ws) {
+        return static_cast<int>(ws.meta()[ws.layout().oldest()]);
+      })
+      .def_property_readonly("gamma", [](cpu::LbfgsWorkspace& ws) { return ws.meta()[ws.layout().gamma()]; })
+      .def("get_meta", [](cpu::LbfgsWorkspace& ws) {
+        py::array_t<double> out(static_cast<py::ssize_t>(ws.meta().size()));
+        std::copy(ws.meta().begin(), ws.meta().end(), out.mutable_data());
+        return out;
+      })
+      .def("set_meta", [](cpu::LbfgsWorkspace& ws, py::array_t<double, py::array::c_style | py::array::forcecast> a) {
+        if (static_cast<size_t>(a.size()) != ws.meta().size())
+          throw py::value_error("meta: expected " + std::to_string(ws.meta().size()) + " values");
+        const double* p = a.data();
+        const int count = static_cast<int>(p[0]), oldest = static_cast<int>(p[1]);
+        if (p[0] != count || count < 0 || count > ws.m() || p[1] != oldest || oldest < 0 || oldest >= ws.m())
+          throw py::value_error("meta: count/oldest out of range for this history");
+        std::copy(p, p + a.size(), ws.meta().begin());
+      })
+      .def("last_dots", [](cpu::LbfgsWorkspace& ws) {
+        py::array_t<double> out(static_cast<py::ssize_t>(ws.dots().size()));
+        std::copy(ws.dots().begin(), ws.dots().end(), out.mutable_data());
+        return out;
+      });
+}
+
+RegisterBindings registered("lbfgs", &bind_lbfgs);
+
+}  // namespace
+}  // namespace bindings
+}  // namespace optcore

@@ -1,0 +1,368 @@
+"""Direction engines (L-BFGS, BFGS, nonlinear CG) and the shared line-search loop.
+
+Vectors are flat numpy (CPU) or cupy (CUDA) arrays of the parameters' dtype;
+:mod:`optcore._arrays` makes those zero-copy views of whatever the caller
+passed. Scalars (J, gᵀd, step lengths) are Python floats.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Tuple
+
+import numpy as np
+
+from .. import _arrays
+from .line_search import LineSearchResult, armijo_backtracking, exact_quadratic_step, strong_wolfe
+
+
+class NonFiniteError(FloatingPointError):
+    """The objective returned a non-finite value or gradient."""
+
+
+def vdot(xp, a, b) -> float:
+    return float(xp.dot(a, b))
+
+
+class Objective:
+    """Counts evaluations and refuses non-finite results (raising NonFiniteError)."""
+
+    def __init__(self, evaluate: Callable[[Any], Tuple[float, Any]], xp):
+        self.evaluate = evaluate
+        self.xp = xp
+        self.nfev = 0
+        self.njev = 0
+        self.nhev = 0
+
+    def __call__(self, x) -> Tuple[float, Any]:
+        f, g = self.evaluate(x)
+        self.nfev += 1
+        self.njev += 1
+        f = float(f)
+        if not math.isfinite(f):
+            raise NonFiniteError(f"the objective returned a non-finite value ({f})")
+        if not bool(self.xp.isfinite(g).all()):
+            raise NonFiniteError("the objective returned a non-finite gradient")
+        return f, g
+
+
+# ---------------------------------------------------------------- engines
+
+class LBFGSEngine:
+    """Limited-memory BFGS (8.6.3): m pairs in preallocated ring buffers, H₀ = γI,
+    γ = sᵀy/yᵀy, pairs failing yᵀs > eps·‖s‖‖y‖ skipped; the direction is the
+    C++/CUDA compact-form kernel (4mn values read, no host sync on the GPU)."""
+
+    name = "lbfgs"
+
+    def __init__(self, n: int, dtype, xp, m: int = 10, curvature_eps: float = 1e-8,
+                 device_id: int = -1, threads: int = 0):
+        self.n, self.m, self.xp, self.eps, self.threads = n, m, xp, curvature_eps, threads
+        self.dtype = np.dtype(dtype)
+        code = 1 if self.dtype == np.float64 else 0
+        self.on_gpu = xp is not np
+        if self.on_gpu:
+            try:
+                from .. import _cuda  # type: ignore
+            except ImportError:
+                raise RuntimeError("L-BFGS on CUDA arrays needs the optcore CUDA module "
+                                   "(build with OPTCORE_CUDA=ON)") from None
+            self.ws = _cuda.LbfgsWorkspaceCuda(n, m, code, max(device_id, 0))
+        else:
+            from .. import _core
+            self.ws = _core.LbfgsWorkspace(n, m, code)
+        # The history, allocated once: m slots of s and y, the candidate pair and d.
+        self.S = xp.zeros((m, n), dtype=self.dtype)
+        self.Y = xp.zeros((m, n), dtype=self.dtype)
+        self.s = xp.zeros(n, dtype=self.dtype)
+        self.y = xp.zeros(n, dtype=self.dtype)
+        self.d = xp.zeros(n, dtype=self.dtype)
+        self.pending = False
+        self.accepted = 0
+        self.rejected = 0
+
+    @staticmethod
+    def _ptr(a) -> int:
+        if isinstance(a, np.ndarray):
+            return int(a.ctypes.data)
+        return int(a.data.ptr)
+
+    def has_curvature(self) -> bool:
+        return self.ws.count > 0 if not self.on_gpu else True
+
+    def record(self, step, d, g_old, g_new) -> None:
+        self.xp.multiply(d, step, out=self.s)
+        self.xp.subtract(g_new, g_old, out=self.y)
+        self.pending = True
+
+    def direction(self, g):
+        p = self._ptr
+        if self.on_gpu:
+            stream = int(self.xp.cuda.get_current_stream().ptr)
+            self.ws.direction(p(self.S), p(self.Y), self.n, p(self.s), p(self.y), self.pending,
+                              p(g), p(self.d), self.eps, stream)
+        else:
+            ok = self.ws.direction(p(self.S), p(self.Y), self.n, p(self.s), p(self.y),
+                                   self.pending, p(g), p(self.d), self.eps, self.threads)
+            if self.pending:
+                self.accepted += bool(ok)
+                self.rejected += not ok
+        self.pending = False
+        return self.d
+
+    def reset(self) -> None:
+        self.ws.reset()
+        self.pending = False
+
+    def initial_step(self, first: bool, f, f_prev, gnorm, dphi0) -> float:
+        if first:
+            return min(1.0, 1.0 / max(gnorm, 1e-300))
+        return 1.0
+
+
+class BFGSEngine:
+    """BFGS (8.6.3): dense inverse-Hessian approximation M (float64),
+    M ← (I − ρsyᵀ)M(I − ρysᵀ) + ρssᵀ with ρ = 1/yᵀs; before the first update
+    M₀ = (yᵀs/yᵀy)I. Pairs failing yᵀs > eps·‖s‖‖y‖ are skipped."""
+
+    name = "bfgs"
+    warn_above = 5000
+
+    def __init__(self, n: int, dtype, xp, curvature_eps: float = 1e-8,
+                 max_bytes: Optional[int] = None, device: str = "cpu", device_id: int = -1):
+        need = 8 * n * n * 3
+        limit = max_bytes if max_bytes is not None else \
+            _arrays.available_memory_bytes(device, device_id) // 2
+        if need > limit:
+            raise MemoryError(f"bfgs: n = {n} needs about {need / 2**30:.1f} GiB for the dense "
+                              f"n×n inverse Hessian and its update (limit {limit / 2**30:.1f} GiB); "
+                              "use method='lbfgs'")
+        if n > self.warn_above:
+            warnings.warn(f"bfgs: n = {n} keeps a dense {n}×{n} float64 matrix "
+                          f"({8 * n * n / 2**20:.0f} MiB) and O(n²) work per step; "
+                          "L-BFGS is usually the better choice at this size", ResourceWarning,
+                          stacklevel=3)
+        self.n, self.xp, self.eps, self.dtype = n, xp, curvature_eps, np.dtype(dtype)
+        self.M = xp.eye(n, dtype=np.float64)
+        self.updates = 0
+        self.s = self.y = None
+        self.pending = False
+        self.accepted = 0
+        self.rejected = 0
+
+    def has_curvature(self) -> bool:
+        return self.updates > 0
+
+    def record(self, step, d, g_old, g_new) -> None:
+        self.s = (step * d).astype(np.float64)
+        self.y = (g_new - g_old).astype(np.float64)
+        self.pending = True
+
+    def _update(self) -> None:
+        xp, s, y = self.xp, self.s, self.y
+        sy = vdot(xp, s, y)
+        ss, yy = vdot(xp, s, s), vdot(xp, y, y)
+        if not (sy > 0 and sy > self.eps * math.sqrt(ss) * math.sqrt(yy)):
+            self.rejected += 1
+            return
+        if self.updates == 0:
+            self.M *= sy / yy
+        rho = 1.0 / sy
+        # (I − ρsyᵀ)M(I − ρysᵀ) + ρssᵀ expanded to rank-one terms (O(n²)).
+        My = self.M @ y
+        yMy = vdot(xp, y, My)
+        self.M += (rho * rho * yMy + rho) * xp.outer(s, s) - rho * (xp.outer(My, s) + xp.outer(s, My))
+        self.updates += 1
+        self.accepted += 1
+
+    def direction(self, g):
+        if self.pending:
+            self._update()
+            self.pending = False
+        return -(self.M @ g.astype(np.float64)).astype(self.dtype, copy=False)
+
+    def reset(self) -> None:
+        self.M = self.xp.eye(self.n, dtype=np.float64)
+        self.updates = 0
+        self.pending = False
+
+    def initial_step(self, first: bool, f, f_prev, gnorm, dphi0) -> float:
+        return _interpolated_initial_step(f, f_prev, dphi0)
+
+
+def _interpolated_initial_step(f, f_prev, dphi0) -> float:
+    # Nocedal & Wright eq. 3.60: assume the first-order change matches the last one.
+    if f_prev is None or dphi0 >= 0:
+        return 1.0
+    a = 1.01 * 2.0 * (f - f_prev) / dphi0
+    return 1.0 if not (a > 0 and math.isfinite(a)) else min(1.0, a)
+
+
+class CGEngine:
+    """Nonlinear conjugate gradients (Alg. 8.9): d = −g + βd_prev with
+    Fletcher–Reeves β = gᵀg/g₀ᵀg₀ (8.30), Polak–Ribière β = (g − g₀)ᵀg/g₀ᵀg₀ (8.31)
+    or PR+ = max(0, β_PR); restart (d = −g) every ``restart`` iterations and
+    whenever d is not a descent direction."""
+
+    name = "cg"
+
+    def __init__(self, n: int, dtype, xp, beta: str = "pr+", restart: Optional[int] = None):
+        if beta not in ("fr", "pr", "pr+"):
+            raise ValueError(f"beta: expected 'fr', 'pr' or 'pr+', got {beta!r}")
+        if restart is not None and (int(restart) != restart or restart < 1):
+            raise ValueError(f"restart: expected a positive integer, got {restart!r}")
+        self.n, self.xp, self.beta_rule = n, xp, beta
+        self.restart = int(restart) if restart is not None else max(n, 1)
+        self.g_prev = None
+        self.d_prev = None
+        self.since_restart = 0
+        self.restarts = 0
+
+    def has_curvature(self) -> bool:
+        return self.d_prev is not None and self.since_restart > 1
+
+    def record(self, step, d, g_old, g_new) -> None:
+        pass
+
+    def direction(self, g):
+        xp = self.xp
+        if self.d_prev is None or self.since_restart >= self.restart:
+            d = -g
+            self.since_restart = 0
+        else:
+            gg0 = vdot(xp, self.g_prev, self.g_prev)
+            if self.beta_rule == "fr":
+                beta = vdot(xp, g, g) / gg0  # eq. 8.30
+            else:
+                beta = vdot(xp, g - self.g_prev, g) / gg0  # eq. 8.31
+                if self.beta_rule == "pr+":
+                    beta = max(0.0, beta)
+            d = -g + beta * self.d_prev
+            if not vdot(xp, g, d) < 0:  # not a descent direction: restart
+                d = -g
+                self.since_restart = 0
+                self.restarts += 1
+        self.since_restart += 1
+        self.g_prev = g.copy()
+        self.d_prev = d
+        return d
+
+    def reset(self) -> None:
+        self.d_prev = None
+        self.g_prev = None
+        self.since_restart = 0
+
+    def initial_step(self, first: bool, f, f_prev, gnorm, dphi0) -> float:
+        return _interpolated_initial_step(f, f_prev, dphi0)
+
+
+# ---------------------------------------------------------------- the loop
+
+@dataclass
+class LoopState:
+    """Carried between calls of :func:`run_iterations` (stateful optimizers)."""
+
+    iterations: int = 0
+    f_prev: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoopOutcome:
+    x: Any
+    f: float
+    g: Any
+    nit: int
+    success: bool
+    message: str
+    status: int
+
+
+LINE_SEARCHES = ("strong_wolfe", "armijo", "exact", None)
+
+
+def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, max_iter: int,
+                   gtol: float, ftol: float, line_search: Optional[str], c1: float, c2: float,
+                   lr: float = 1.0, hessp: Optional[Callable] = None,
+                   max_ls_evaluations: int = 25, callback: Optional[Callable] = None,
+                   ) -> LoopOutcome:
+    """Iterate x ← x + αd, d from ``engine``, α from the line search, until
+    ‖g‖∞ ≤ gtol, the relative decrease of J falls to ftol, or max_iter.
+
+    On a non-finite objective the last finite iterate comes back with
+    success=False (the caller restores parameters from it)."""
+    xp = obj.xp
+    nit = 0
+    x_trial = xp.empty_like(x)
+    retried = False
+    while True:
+        if float(xp.max(xp.abs(g))) <= gtol if g.size else True:
+            return LoopOutcome(x, f, g, nit, True, "Optimization terminated successfully "
+                               "(gradient norm below gtol).", 0)
+        if nit >= max_iter:
+            return LoopOutcome(x, f, g, nit, False, "Maximum number of iterations reached.", 1)
+        d = engine.direction(g)
+        dphi0 = vdot(xp, g, d)
+        if not dphi0 < 0:
+            engine.reset()
+            d = engine.direction(g)
+            dphi0 = vdot(xp, g, d)
+        first = state.iterations == 0 and not engine.has_curvature()
+        gnorm = math.sqrt(vdot(xp, g, g)) if first else 0.0
+        alpha0 = engine.initial_step(first, f, state.f_prev, gnorm, dphi0)
+        trial_at = [None]
+
+        def phi(alpha: float):
+            xp.multiply(d, alpha, out=x_trial)
+            x_trial.__iadd__(x)
+            trial_at[0] = alpha
+            return obj(x_trial)
+
+        def slope(gr) -> float:
+            return vdot(xp, gr, d)
+
+        if line_search == "strong_wolfe":
+            ls = strong_wolfe(phi, slope, f, dphi0, alpha0, c1=c1, c2=c2,
+                              max_evaluations=max_ls_evaluations)
+        elif line_search == "armijo":
+            ls = armijo_backtracking(phi, slope, f, dphi0, alpha0, c1=c1,
+                                     max_evaluations=max_ls_evaluations)
+        elif line_search == "exact":
+            Hd = hessp(x, d)
+            obj.nhev += 1
+            alpha = exact_quadratic_step(dphi0, vdot(xp, d, Hd))
+            fa, ga = phi(alpha)
+            ls = LineSearchResult(alpha, fa, ga, True, 1)
+        else:  # fixed step lr·α₀ (stochastic training loops; α₀ = 1 once curvature is known)
+            fa, ga = phi(lr * alpha0)
+            ls = LineSearchResult(lr * alpha0, fa, ga, True, 1)
+        decreased = ls.alpha > 0 and ls.value < f
+        if not ls.success and not decreased:
+            if engine.has_curvature() and not retried:
+                engine.reset()  # retry once from steepest descent
+                retried = True
+                continue
+            return LoopOutcome(x, f, g, nit, False, "Line search failed: "
+                               + (ls.message or "no decrease along the descent direction")
+                               + " (desired error not necessarily achieved due to precision loss).",
+                               2)
+        g_new = ls.grad
+        if g_new is None:
+            _, g_new = phi(ls.alpha)
+        retried = False
+        engine.record(ls.alpha, d, g, g_new)
+        if trial_at[0] == ls.alpha:  # the trial buffer already holds x + αd
+            x, x_trial = x_trial, x
+        else:
+            x = (x + ls.alpha * d).astype(x.dtype, copy=False)
+        f_old = f
+        f, g = ls.value, g_new
+        state.f_prev = f_old
+        state.iterations += 1
+        nit += 1
+        if callback is not None:
+            callback(x, f, g)
+        if ftol > 0 and (f_old - f) <= ftol * max(abs(f_old), abs(f), 1.0):
+            return LoopOutcome(x, f, g, nit, True, "Optimization terminated successfully "
+                               "(relative reduction of f below ftol).", 0)

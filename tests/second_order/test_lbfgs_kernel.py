@@ -1,0 +1,167 @@
+"""The C++ (and CUDA) L-BFGS direction against the float64 NumPy two-loop recursion
+of tests/reference/second_order.py: ring partially and fully filled, rejected pairs,
+float32/float64, sizes 1, 7, 4097 and one spanning several partitions, unaligned
+views, outputs poisoned with NaN, and thread-count determinism."""
+import numpy as np
+import pytest
+
+from optcore import _core
+from tests.reference import second_order as ref
+
+
+@pytest.fixture
+def rng():
+    seed = int(np.random.SeedSequence().entropy % (2**32))
+    print(f"seed={seed}")
+    return np.random.default_rng(seed)
+
+
+def _ptr(a):
+    return int(a.ctypes.data)
+
+
+def _unaligned(rng, shape, dtype, unaligned):
+    """A fresh array of `shape`; with unaligned=True a view starting one element in."""
+    size = int(np.prod(shape))
+    if not unaligned:
+        return np.full(shape, np.nan, dtype)
+    base = np.full(size + 1, np.nan, dtype)
+    return base[1:].reshape(shape)
+
+
+def _pair(rng, n, dtype, kind="good"):
+    s = rng.standard_normal(n)
+    if kind == "good":
+        # y = A s with A symmetric positive definite-ish: yᵀs > 0.
+        y = s * rng.uniform(0.5, 2.0, n) + 0.05 * rng.standard_normal(n) * np.linalg.norm(s) / np.sqrt(n)
+        if s @ y <= 0:
+            y = s.copy()
+    else:
+        y = -s * rng.uniform(0.5, 2.0, n)  # negative curvature: must be rejected
+    return s.astype(dtype), y.astype(dtype)
+
+
+TOL = {np.float32: 2e-5, np.float64: 1e-11}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 4097, 70001])
+@pytest.mark.parametrize("unaligned", [False, True])
+def test_direction_matches_two_loop(rng, dtype, n, unaligned):
+    m = 4
+    ws = _core.LbfgsWorkspace(n, m, 0 if dtype == np.float32 else 1)
+    ld = n + 3  # a slot stride larger than n
+    S = _unaligned(rng, (m, ld), dtype, unaligned)
+    Y = _unaligned(rng, (m, ld), dtype, unaligned)
+    hist = ref.LbfgsHistoryReference(m, 1e-8)
+    kinds = ["good", "good", "bad", "good", "good", "good", "bad", "good", "good"]
+    seen_partial = seen_full = False
+    for it, kind in enumerate(kinds):
+        s, y = _pair(rng, n, dtype, kind)
+        sv, yv = _unaligned(rng, n, dtype, unaligned), _unaligned(rng, n, dtype, unaligned)
+        sv[...] = s
+        yv[...] = y
+        g = _unaligned(rng, n, dtype, unaligned)
+        g[...] = rng.standard_normal(n)
+        d = _unaligned(rng, n, dtype, unaligned)  # poisoned with NaN
+        has_new = it > 0
+        accepted = ws.direction(_ptr(S), _ptr(Y), ld, _ptr(sv), _ptr(yv), has_new, _ptr(g), _ptr(d), 1e-8)
+        expected_accept = hist.push(s, y) if has_new else False
+        assert accepted == expected_accept
+        assert ws.count == len(hist.S)
+        seen_partial |= 0 < ws.count < m
+        seen_full |= ws.count == m
+        expected = hist.direction(g)
+        assert np.all(np.isfinite(d))
+        err = np.max(np.abs(d.astype(np.float64) - expected)) / max(np.max(np.abs(expected)), 1e-300)
+        assert err < TOL[dtype], (it, err)
+    if n > 1:
+        assert seen_partial and seen_full
+
+
+def test_first_direction_is_steepest_descent(rng):
+    n = 33
+    ws = _core.LbfgsWorkspace(n, 3, 1)
+    S = np.zeros((3, n)); Y = np.zeros((3, n))
+    g = rng.standard_normal(n); d = np.full(n, np.nan)
+    assert not ws.direction(_ptr(S), _ptr(Y), n, 0, 0, False, _ptr(g), _ptr(d), 1e-8)
+    np.testing.assert_array_equal(d, -g)
+
+
+def test_gamma_is_newest_sy_over_yy(rng):
+    n, m = 50, 3
+    ws = _core.LbfgsWorkspace(n, m, 1)
+    S = np.zeros((m, n)); Y = np.zeros((m, n)); g = rng.standard_normal(n); d = np.empty(n)
+    for _ in range(5):
+        s, y = _pair(rng, n, np.float64)
+        ws.direction(_ptr(S), _ptr(Y), n, _ptr(s), _ptr(y), True, _ptr(g), _ptr(d), 1e-8)
+        assert ws.gamma == pytest.approx((s @ y) / (y @ y), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thread_count_determinism(rng, dtype):
+    n, m = 200_003, 5  # several fixed partitions
+    code = 0 if dtype == np.float32 else 1
+    pairs = [_pair(rng, n, dtype) for _ in range(7)]
+    g = rng.standard_normal(n).astype(dtype)
+    outs = []
+    for threads in (1, 2, 3):
+        ws = _core.LbfgsWorkspace(n, m, code)
+        S = np.zeros((m, n), dtype); Y = np.zeros((m, n), dtype)
+        d = np.full(n, np.nan, dtype)
+        for s, y in pairs:
+            ws.direction(_ptr(S), _ptr(Y), n, _ptr(s), _ptr(y), True, _ptr(g), _ptr(d), 1e-8, threads)
+        outs.append((d.copy(), ws.get_meta()))
+    for d, meta in outs[1:]:
+        np.testing.assert_array_equal(d, outs[0][0])
+        np.testing.assert_array_equal(meta, outs[0][1])
+
+
+def test_size_zero():
+    ws = _core.LbfgsWorkspace(0, 2, 0)
+    z = np.zeros(1, np.float32)
+    assert not ws.direction(_ptr(z), _ptr(z), 0, _ptr(z), _ptr(z), True, _ptr(z), _ptr(z), 1e-8)
+    assert ws.count == 0
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="m"):
+        _core.LbfgsWorkspace(10, 0, 0)
+    with pytest.raises(ValueError, match="dtype"):
+        _core.LbfgsWorkspace(10, 2, 2)
+    with pytest.raises(ValueError, match="n"):
+        _core.LbfgsWorkspace(-1, 2, 0)
+    ws = _core.LbfgsWorkspace(10, 2, 0)
+    a = np.zeros(10, np.float32)
+    with pytest.raises(ValueError, match="ld"):
+        ws.direction(_ptr(a), _ptr(a), 5, _ptr(a), _ptr(a), True, _ptr(a), _ptr(a), 1e-8)
+    with pytest.raises(ValueError, match="eps"):
+        ws.direction(_ptr(a), _ptr(a), 10, _ptr(a), _ptr(a), True, _ptr(a), _ptr(a), float("nan"))
+    with pytest.raises(ValueError, match="null"):
+        ws.direction(0, _ptr(a), 10, _ptr(a), _ptr(a), True, _ptr(a), _ptr(a), 1e-8)
+    with pytest.raises(ValueError, match="meta"):
+        ws.set_meta(np.zeros(3))
+
+
+@pytest.mark.cuda
+def test_cuda_direction_matches_two_loop(rng):
+    try:
+        from optcore import _cuda  # noqa: F401
+        import cupy as cp
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError
+    except Exception:
+        pytest.skip("no CUDA GPU: optcore._cuda or cupy unavailable")
+    n, m = 70001, 4
+    ws = _cuda.LbfgsWorkspaceCuda(n, m, 1, 0)
+    S = cp.zeros((m, n)); Y = cp.zeros((m, n))
+    hist = ref.LbfgsHistoryReference(m, 1e-8)
+    for it in range(7):
+        s, y = _pair(rng, n, np.float64, "bad" if it == 3 else "good")
+        g = rng.standard_normal(n)
+        sd, yd, gd = cp.asarray(s), cp.asarray(y), cp.asarray(g)
+        dd = cp.full(n, cp.nan)
+        ws.direction(S.data.ptr, Y.data.ptr, n, sd.data.ptr, yd.data.ptr, True, gd.data.ptr, dd.data.ptr,
+                     1e-8, cp.cuda.get_current_stream().ptr)
+        hist.push(s, y)
+        np.testing.assert_allclose(dd.get(), hist.direction(g), rtol=1e-9, atol=1e-12)
