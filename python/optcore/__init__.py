@@ -17,3 +17,4 @@ __all__ = ["backend", "schedules", "Optimizer", "SGD", "Momentum", "Nesterov", "
            "RMSProp", "RMSPropNesterov", "Adam", "AdaDelta", "DeltaBarDelta"]
 
 # Further kernel families append their exports below.
+from . import init, nn  # noqa: E402  (SPEC §4 initialisation, §5 network module)
