@@ -229,7 +229,9 @@ class BatchNorm(Layer):
     n
         Number of features.
     momentum, eps
-        Running-average rate (``None``: cumulative average) and δ.
+        Running-average rate m, r ← (1 − m)r + m·stat, and δ. ``None`` means a
+        cumulative average over the training batches seen (the layer passes
+        m = 1/k for its k-th batch).
 
     Example
     -------
@@ -254,6 +256,7 @@ class BatchNorm(Layer):
         stat = np.float64 if self.dtype == np.float64 else np.float32
         self.running_mean = self.xp.zeros(n, dtype=stat)
         self.running_var = self.xp.ones(n, dtype=stat)
+        self.num_batches_tracked = 0
         self._x = None
         self._saved = None
 
@@ -262,8 +265,14 @@ class BatchNorm(Layer):
             raise ValueError(f"x: expected shape (batch, {self.n}), got {tuple(x.shape)}")
         fwd, _ = _batch_norm_kernels()
         x = self.xp.ascontiguousarray(x)
+        momentum = self.momentum
+        if training:
+            self.num_batches_tracked += 1
+            if momentum is None:
+                # cumulative average: the k-th batch enters with weight 1/k
+                momentum = 1.0 / self.num_batches_tracked
         y, saved = fwd(x, self.gamma, self.beta, self.running_mean, self.running_var,
-                       training=training, momentum=self.momentum, eps=self.eps, layout="NC")
+                       training=training, momentum=momentum, eps=self.eps, layout="NC")
         self._x, self._saved, self._training = x, saved, training
         return y
 
