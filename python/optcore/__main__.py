@@ -15,7 +15,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the process exit status."""
     from .demo import OPTIMIZERS
 
-    parser = argparse.ArgumentParser(prog="optcore", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="optcore", description="optcore command line: the optimizer demo and a backend report.")
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser(
         "demo", help="train a batch-normalised MLP on the digits with every first-order optimizer",

@@ -4,6 +4,14 @@ Trains 64-H-H-10 ReLU networks with batch normalisation on scikit-learn's bundle
 8×8 digits (1797 images, no download), each optimizer from the same initial
 parameters and the same minibatch order, then prints a table and writes the
 learning curves as a PNG. Needs the ``demo`` extra (scikit-learn, matplotlib).
+
+Nesterov and RMSPropNesterov run with ``step(grads)``, i.e. in the look-ahead
+parametrisation of SPEC §1: the network's arrays hold φ = θ + αv, which is what
+is evaluated. DeltaBarDelta is full-batch only and takes as many full-batch
+steps as the others take minibatch steps.
+
+>>> from optcore.demo import run_demo, format_table   # doctest: +SKIP
+>>> print(format_table(run_demo(["adam", "sgd"], epochs=5)))  # doctest: +SKIP
 """
 from __future__ import annotations
 
