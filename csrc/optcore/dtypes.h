@@ -89,23 +89,33 @@ OPTCORE_HD uint16_t float_to_bfloat16(float value) {
 
 // Storage traits: the math type M and the state storage type for each dtype.
 template <class T> struct StorageTraits;
+// Raw is the bit container the CPU loops read and write (uint16_t for 16-bit
+// types: struct temporaries keep gcc from vectorising); encode/decode convert it.
 template <> struct StorageTraits<float> {
-  using Math = float; using State = float;
+  using Math = float; using State = float; using Raw = float;
+  OPTCORE_HD static float decode(float v) { return v; }
+  OPTCORE_HD static float encode(float v) { return v; }
   OPTCORE_HD static float load(float v) { return v; }
   OPTCORE_HD static float store(float v) { return v; }
 };
 template <> struct StorageTraits<double> {
-  using Math = double; using State = double;
+  using Math = double; using State = double; using Raw = double;
+  OPTCORE_HD static double decode(double v) { return v; }
+  OPTCORE_HD static double encode(double v) { return v; }
   OPTCORE_HD static double load(double v) { return v; }
   OPTCORE_HD static double store(double v) { return v; }
 };
 template <> struct StorageTraits<Half> {
-  using Math = float; using State = float;
+  using Math = float; using State = float; using Raw = uint16_t;
+  OPTCORE_HD static float decode(uint16_t v) { return half_to_float(v); }
+  OPTCORE_HD static uint16_t encode(float v) { return float_to_half(v); }
   OPTCORE_HD static float load(Half v) { return half_to_float(v.bits); }
   OPTCORE_HD static Half store(float v) { return Half{float_to_half(v)}; }
 };
 template <> struct StorageTraits<BFloat16> {
-  using Math = float; using State = float;
+  using Math = float; using State = float; using Raw = uint16_t;
+  OPTCORE_HD static float decode(uint16_t v) { return bfloat16_to_float(v); }
+  OPTCORE_HD static uint16_t encode(float v) { return float_to_bfloat16(v); }
   OPTCORE_HD static float load(BFloat16 v) { return bfloat16_to_float(v.bits); }
   OPTCORE_HD static BFloat16 store(float v) { return BFloat16{float_to_bfloat16(v)}; }
 };

@@ -37,6 +37,10 @@ def _check_convention(group: Dict[str, Any], where: str) -> None:
                          f"got {group['convention']!r}")
 
 
+# Every class also takes the training-loop options of Optimizer:
+# max_grad_norm, average, average_decay and master_weights.
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent, Algorithm 8.1: θ ← θ − ε_k g.
 
@@ -52,8 +56,8 @@ class SGD(Optimizer):
     rule = 0
     state_names = ()
 
-    def __init__(self, params: Params, lr: float = 0.01, schedule: Schedule = None):
-        super().__init__(params, dict(lr=lr, schedule=schedule))
+    def __init__(self, params: Params, lr: float = 0.01, schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, schedule=schedule), **options)
 
     def scalars(self, group, step, where):
         return [1.0, _lr(group, where)]
@@ -71,9 +75,9 @@ class Momentum(Optimizer):
 
     def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.9,
                  convention: str = "book", schedule: Schedule = None,
-                 momentum_schedule: Schedule = None):
+                 momentum_schedule: Schedule = None, **options: Any):
         super().__init__(params, dict(lr=lr, momentum=momentum, convention=convention,
-                                      schedule=schedule, momentum_schedule=momentum_schedule))
+                                      schedule=schedule, momentum_schedule=momentum_schedule), **options)
 
     def _validate_static(self, group, where):
         _check_convention(group, where)
@@ -102,9 +106,9 @@ class Nesterov(Optimizer):
 
     def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.9,
                  convention: str = "book", schedule: Schedule = None,
-                 momentum_schedule: Schedule = None):
+                 momentum_schedule: Schedule = None, **options: Any):
         super().__init__(params, dict(lr=lr, momentum=momentum, convention=convention,
-                                      schedule=schedule, momentum_schedule=momentum_schedule))
+                                      schedule=schedule, momentum_schedule=momentum_schedule), **options)
 
     def _validate_static(self, group, where):
         _check_convention(group, where)
@@ -134,8 +138,8 @@ class AdaGrad(Optimizer):
     state_names = ("r",)
 
     def __init__(self, params: Params, lr: float = 0.01, eps: float = 1e-7,
-                 schedule: Schedule = None):
-        super().__init__(params, dict(lr=lr, eps=eps, schedule=schedule))
+                 schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, eps=eps, schedule=schedule), **options)
 
     def scalars(self, group, step, where):
         return [1.0, _lr(group, where), _eps(group, where)]
@@ -151,9 +155,9 @@ class RMSProp(Optimizer):
     state_names = ("r",)
 
     def __init__(self, params: Params, lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-6,
-                 convention: str = "book", schedule: Schedule = None):
+                 convention: str = "book", schedule: Schedule = None, **options: Any):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, convention=convention,
-                                      schedule=schedule))
+                                      schedule=schedule), **options)
 
     def _validate_static(self, group, where):
         _check_convention(group, where)
@@ -182,9 +186,9 @@ class RMSPropNesterov(Optimizer):
 
     def __init__(self, params: Params, lr: float = 1e-3, rho: float = 0.9,
                  momentum: float = 0.9, eps: float = 1e-6, schedule: Schedule = None,
-                 momentum_schedule: Schedule = None):
+                 momentum_schedule: Schedule = None, **options: Any):
         super().__init__(params, dict(lr=lr, rho=rho, momentum=momentum, eps=eps,
-                                      schedule=schedule, momentum_schedule=momentum_schedule))
+                                      schedule=schedule, momentum_schedule=momentum_schedule), **options)
 
     def scalars(self, group, step, where):
         rho = _unit(group, "rho", where)
@@ -207,8 +211,8 @@ class Adam(Optimizer):
     state_names = ("s", "r")
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, schedule: Schedule = None):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, schedule=schedule))
+                 eps: float = 1e-8, schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, schedule=schedule), **options)
 
     def scalars(self, group, step, where):
         betas = group["betas"]
@@ -235,8 +239,8 @@ class AdaDelta(Optimizer):
     state_names = ("r", "u")
 
     def __init__(self, params: Params, lr: float = 1.0, rho: float = 0.95, eps: float = 1e-6,
-                 schedule: Schedule = None):
-        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, schedule=schedule))
+                 schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, schedule=schedule), **options)
 
     def scalars(self, group, step, where):
         rho = _unit(group, "rho", where)
@@ -263,8 +267,8 @@ class DeltaBarDelta(Optimizer):
     state_names = ("eta", "dbar")
 
     def __init__(self, params: Params, lr: float = 0.01, kappa: float = 1e-4, phi: float = 0.1,
-                 beta: float = 0.7):
-        super().__init__(params, dict(lr=lr, kappa=kappa, phi=phi, beta=beta))
+                 beta: float = 0.7, **options: Any):
+        super().__init__(params, dict(lr=lr, kappa=kappa, phi=phi, beta=beta), **options)
 
     def initial_state(self, name, group):
         return float(group["lr"]) if name == "eta" else 0.0
