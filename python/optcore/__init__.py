@@ -21,3 +21,4 @@ __all__ = ["backend", "schedules", "amp", "averaging", "clip_grad_norm_", "clip_
 
 # Further kernel families append their exports below.
 from . import init, nn  # noqa: E402  (SPEC §4 initialisation, §5 network module)
+from .normalization import BatchNorm, batch_norm, batch_norm_backward  # noqa: E402,F401

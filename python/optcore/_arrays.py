@@ -332,3 +332,21 @@ class FastChecker:
                 ptrs.append(g.data.ptr)
             return np.array(ptrs, dtype=np.uint64)
         return None
+
+
+def empty_array(v: View, shape: Tuple[int, ...], dtype_name: Optional[str] = None):
+    """An uninitialised contiguous array on the framework and device of ``v``.
+
+    ``dtype_name`` None means ``v``'s own dtype (also for numpy extension dtypes
+    such as ml_dtypes.bfloat16).
+    """
+    shape = tuple(int(s) for s in shape)
+    if v.framework == "numpy":
+        return np.empty(shape, dtype=v.obj.dtype if dtype_name is None else np.dtype(dtype_name))
+    if v.framework == "cupy":
+        cupy = _cupy_module()
+        with cupy.cuda.Device(v.device_id):
+            return cupy.empty(shape, dtype=v.obj.dtype if dtype_name is None else dtype_name)
+    torch = _torch_module()
+    dtype = v.obj.dtype if dtype_name is None else getattr(torch, dtype_name)
+    return torch.empty(shape, dtype=dtype, device=v.obj.device)

@@ -1,0 +1,487 @@
+"""Batch normalization (Goodfellow et al., section 8.7.1).
+
+Training normalises each feature (channel) over the minibatch, and over the
+spatial positions for convolutional layouts::
+
+    mu    = mean(x)                          (eq. 8.36)
+    sigma = sqrt(delta + mean((x - mu)^2))   (eq. 8.37, biased variance)
+    y     = gamma * (x - mu) / sigma + beta  (eq. 8.35 and the affine map)
+
+and the backward pass goes *through* mu and sigma::
+
+    xhat = (x - mu) / sigma
+    dx   = (gamma / sigma) * (dy - mean(dy) - xhat * mean(dy * xhat))
+    dgamma = sum(dy * xhat),   dbeta = sum(dy)
+
+Layouts: ``"NC"`` (N, C); ``"NCHW"`` (N, C, *spatial), channels at axis 1, any
+ndim >= 2; ``"NHWC"`` (N, *spatial, C), channels last. All are read in place:
+no transposes, no copies.
+
+Running statistics (PyTorch convention): ``r <- (1 - m) r + m * stat`` where
+``running_var`` receives the *unbiased* batch variance ``sum((x-mu)^2)/(n-1)``
+while the normalisation itself uses the biased one. ``momentum=None`` gives a
+cumulative average: the factor is ``1 / (num_batches_tracked + 1)``, where
+``num_batches_tracked`` is the number of batches already averaged in (the
+caller, e.g. :class:`BatchNorm`, counts them).
+
+Dtypes: x float32/float64, or float16/bfloat16 with float32 statistics. gamma,
+beta, the running statistics and the saved statistics are float32 for
+float32/float16/bfloat16 x and float64 for float64 x.
+
+The statistics are deterministic: the reduction is cut into groups fixed by
+the shape alone, each group's partial (count, mean, M2) comes from sums
+shifted by a sample of the channel (sound for large means), and partials are
+merged in group order with Chan's formula, whatever the thread count or GPU
+grid. The phases are exposed by the compiled modules (``bn_partial_stats``,
+``bn_merge_stats``, ``bn_forward_apply``, ``bn_backward_reduce``,
+``bn_backward_finalize``, ``bn_backward_apply``) so a cross-device merge of
+partials can be inserted between the first two.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+from . import _arrays, _core
+from ._arrays import STATE_DTYPE, View
+
+__all__ = ["batch_norm", "batch_norm_backward", "BatchNorm", "BatchNormSaved"]
+
+LAYOUTS = ("NC", "NCHW", "NHWC")
+
+
+@dataclass
+class BatchNormSaved:
+    """What the backward pass needs from a forward call.
+
+    ``mean`` and ``invstd`` (1/sigma) are per-channel arrays in the statistics
+    dtype, on the device of x: batch statistics in training, the running ones
+    (at the time of the call) in inference.
+    """
+
+    mean: Any
+    invstd: Any
+    training: bool
+    eps: float
+    layout: str
+    shape: Tuple[int, ...]
+    dtype: int
+    has_gamma: bool
+    has_beta: bool
+
+
+# --------------------------------------------------------------------- helpers
+
+def _geometry(v: View, layout: str, name: str) -> Tuple[bool, int, int, int]:
+    """(channels_last, outer, channels, inner) of x for a layout."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    nd = len(v.shape)
+    if layout == "NC":
+        if nd != 2:
+            raise ValueError(f"{name}: layout 'NC' needs a 2-d array (N, C), got shape {v.shape}")
+        return True, v.shape[0], v.shape[1], 1
+    if nd < 2:
+        raise ValueError(f"{name}: layout {layout!r} needs ndim >= 2, got shape {v.shape}")
+    if layout == "NCHW":
+        inner = math.prod(v.shape[2:])
+        if inner == 1:  # (N, C, 1, ...) is the (N, C) memory order
+            return True, v.shape[0], v.shape[1], 1
+        return False, v.shape[0], v.shape[1], inner
+    return True, math.prod(v.shape[:-1]), v.shape[-1], 1
+
+
+def _same_device(v: View, ref: View, name: str) -> None:
+    if (v.device, v.device_id) != (ref.device, ref.device_id):
+        raise ValueError(f"{name}: on {v.where} but x is on {ref.where}; "
+                         "all arrays must be on one device")
+
+
+def _per_channel(obj: Any, name: str, ref: View, channels: int, stat_dtype: str,
+                 writeable: bool = False) -> Optional[View]:
+    if obj is None:
+        return None
+    v = _arrays.view_of(obj, name)
+    _same_device(v, ref, name)
+    if v.dtype_name != stat_dtype:
+        raise TypeError(f"{name}: dtype {v.dtype_name}, expected {stat_dtype} "
+                        f"(the statistics dtype for x of dtype {ref.dtype_name})")
+    if v.shape != (channels,):
+        raise ValueError(f"{name}: shape {v.shape}, expected ({channels},) "
+                         f"(one value per channel)")
+    _arrays.require_contiguous(v, name)
+    if writeable:
+        _arrays.require_writeable(v, name)
+    return v
+
+
+def _like_x(obj: Any, name: str, ref: View, shape: Tuple[int, ...], writeable: bool) -> View:
+    v = _arrays.view_of(obj, name)
+    _same_device(v, ref, name)
+    if v.dtype != ref.dtype or v.dtype_name != ref.dtype_name:
+        raise TypeError(f"{name}: dtype {v.dtype_name}, expected {ref.dtype_name} (the dtype of x)")
+    if v.shape != tuple(shape):
+        raise ValueError(f"{name}: shape {v.shape}, expected {tuple(shape)}")
+    _arrays.require_contiguous(v, name)
+    if writeable:
+        _arrays.require_writeable(v, name)
+    return v
+
+
+def _no_overlap(written: list, inputs: list) -> None:
+    """No written buffer shares a byte with another written buffer or an input."""
+    written = [(v, n) for v, n in written if v is not None and v.numel > 0]
+    inputs = [(v, n) for v, n in inputs if v is not None and v.numel > 0]
+    for i, (a, an) in enumerate(written):
+        for b, bn in written[i + 1:] + inputs:
+            if a.device_id == b.device_id and a.ptr < b.ptr + b.nbytes and b.ptr < a.ptr + a.nbytes:
+                raise ValueError(f"{an} overlaps {bn} in memory; pass separate buffers")
+
+
+def _threads(threads: Optional[int]) -> int:
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected None or a positive int, got {threads!r}")
+    return threads
+
+
+class _Backend:
+    """Calls one phase on the CPU module or the CUDA module, with the same arguments."""
+
+    def __init__(self, ref: View, threads: int):
+        self.cuda = ref.device == "cuda"
+        if self.cuda:
+            try:
+                from . import _cuda  # noqa: PLC0415
+            except ImportError as exc:
+                raise RuntimeError("x: a CUDA array, but optcore was built without its CUDA "
+                                   f"module ({exc})") from None
+            self.mod = _cuda
+            self.tail = dict(device=ref.device_id, stream=_arrays.current_stream(ref))
+        else:
+            self.mod = _core
+            self.tail = dict(threads=threads)
+
+    def __call__(self, name: str, *args, threaded: bool = True, **kw):
+        fn = getattr(self.mod, name)
+        if self.cuda:
+            return fn(*args, **kw, **self.tail)
+        return fn(*args, **kw, **(self.tail if threaded else {}))
+
+
+def _ptr(v: Optional[View]) -> int:
+    return 0 if v is None else v.ptr
+
+
+# --------------------------------------------------------------------- forward
+
+def batch_norm(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any,
+               training: bool = True, momentum: Optional[float] = 0.1, eps: float = 1e-5,
+               layout: str = "NCHW", *, num_batches_tracked: Optional[int] = None,
+               out: Any = None, threads: Optional[int] = None) -> Tuple[Any, BatchNormSaved]:
+    """Batch-normalise ``x`` per channel (section 8.7.1, eqs. 8.35-8.37).
+
+    Training: ``y = gamma * (x - mu) / sigma + beta`` with the batch mean ``mu``
+    and ``sigma = sqrt(eps + biased variance)``; the running statistics, when
+    given, are updated in place, ``r <- (1 - m) r + m * stat``, with the
+    *unbiased* variance stored in ``running_var`` (PyTorch convention).
+    Inference (``training=False``) normalises with the running statistics.
+
+    Parameters
+    ----------
+    x : array (numpy, cupy or torch; CPU or CUDA), contiguous, in ``layout``.
+    gamma, beta : (C,) arrays or None (no scale / no shift).
+    running_mean, running_var : (C,) writeable arrays, or both None in training
+        (statistics not tracked). Required when ``training=False``.
+    training : batch statistics (True) or running statistics (False).
+    momentum : float in [0, 1], or None for the cumulative average, whose factor
+        is ``1 / (num_batches_tracked + 1)``.
+    eps : delta > 0 added to the variance.
+    layout : "NC", "NCHW" (channels at axis 1, any ndim >= 2) or "NHWC" (channels last).
+    num_batches_tracked : batches already averaged into the running statistics
+        (required with ``momentum=None``; the caller increments it).
+    out : optional preallocated output like ``x``.
+    threads : CPU threads (None: the OpenMP default); results do not depend on it.
+
+    Returns
+    -------
+    (y, saved) : the output, and a :class:`BatchNormSaved` for :func:`batch_norm_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np, optcore
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, (8, 4, 5, 5)).astype(np.float32)
+    >>> rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    >>> y, saved = optcore.batch_norm(x, None, None, rm, rv, training=True)
+    >>> bool(abs(float(y.mean())) < 1e-5)
+    True
+    """
+    xv = _arrays.view_of(x, "x")
+    _arrays.require_supported_dtype(xv, "x")
+    _arrays.require_contiguous(xv, "x")
+    cl, outer, channels, inner = _geometry(xv, layout, "x")
+    stat_dtype = STATE_DTYPE[xv.dtype]
+    training = bool(training)
+    eps = _arrays.require_range(eps, "eps", lo=0.0, lo_open=True)
+    if momentum is not None:
+        momentum = _arrays.require_range(momentum, "momentum", lo=0.0, hi=1.0)
+    nthreads = _threads(threads)
+    gv = _per_channel(gamma, "gamma", xv, channels, stat_dtype)
+    bv = _per_channel(beta, "beta", xv, channels, stat_dtype)
+    if (running_mean is None) != (running_var is None):
+        missing = "running_var" if running_var is None else "running_mean"
+        raise ValueError(f"{missing}: running_mean and running_var must be given together")
+    if not training and running_mean is None:
+        raise ValueError("running_mean: inference (training=False) needs the running statistics")
+    rmv = _per_channel(running_mean, "running_mean", xv, channels, stat_dtype, writeable=training)
+    rvv = _per_channel(running_var, "running_var", xv, channels, stat_dtype, writeable=training)
+    count = outer * inner
+    factor = 0.0
+    if training:
+        if count < 2 and channels > 0:
+            raise ValueError(f"x: training needs more than one value per channel "
+                             f"(got {count} for shape {xv.shape}, layout {layout!r})")
+        if rmv is not None:
+            if momentum is None:
+                if (isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, int)
+                        or num_batches_tracked < 0):
+                    raise ValueError("num_batches_tracked: momentum=None (cumulative average) needs "
+                                     "the number of batches already averaged, an int >= 0, got "
+                                     f"{num_batches_tracked!r}")
+                factor = 1.0 / (num_batches_tracked + 1)
+            else:
+                factor = momentum
+    if out is None:
+        y = _arrays.empty_array(xv, xv.shape)
+        yv = _arrays.view_of(y, "out")
+    else:
+        y = out
+        yv = _like_x(out, "out", xv, xv.shape, writeable=True)
+        _no_overlap([(yv, "out"), (rmv, "running_mean"), (rvv, "running_var")],
+                    [(xv, "x"), (gv, "gamma"), (bv, "beta")])
+    if out is None:
+        _no_overlap([(rmv, "running_mean"), (rvv, "running_var")],
+                    [(xv, "x"), (gv, "gamma"), (bv, "beta")])
+
+    # Validation done: from here on, buffers are written.
+    be = _Backend(xv, nthreads)
+    saved_mean = _arrays.empty_array(xv, (channels,), stat_dtype)
+    saved_invstd = _arrays.empty_array(xv, (channels,), stat_dtype)
+    smv = _arrays.view_of(saved_mean, "saved.mean")
+    siv = _arrays.view_of(saved_invstd, "saved.invstd")
+    geo = (xv.dtype, cl, outer, channels, inner)
+    if training:
+        groups, _ = be.mod.bn_partition(cl, outer, channels, inner)
+        partials = _arrays.empty_array(xv, (max(groups, 1), max(channels, 1), 3), "float64")
+        pv = _arrays.view_of(partials, "partials")
+        be("bn_partial_stats", *geo, xv.ptr, pv.ptr)
+        be("bn_merge_stats", *geo, pv.ptr, groups, eps, factor, smv.ptr, siv.ptr,
+           _ptr(rmv), _ptr(rvv))
+    else:
+        be("bn_eval_stats", xv.dtype, channels, rmv.ptr, rvv.ptr, eps, smv.ptr, siv.ptr,
+           threaded=False)
+    be("bn_forward_apply", *geo, xv.ptr, yv.ptr, smv.ptr, siv.ptr, _ptr(gv), _ptr(bv))
+    saved = BatchNormSaved(mean=saved_mean, invstd=saved_invstd, training=training, eps=eps,
+                           layout=layout, shape=tuple(xv.shape), dtype=xv.dtype,
+                           has_gamma=gv is not None, has_beta=bv is not None)
+    return y, saved
+
+
+# -------------------------------------------------------------------- backward
+
+def batch_norm_backward(dy: Any, x: Any, gamma: Any, saved: BatchNormSaved,
+                        layout: Optional[str] = None, *, out: Any = None,
+                        threads: Optional[int] = None) -> Tuple[Any, Any, Any]:
+    """Gradients of :func:`batch_norm` with respect to x, gamma and beta.
+
+    With ``xhat = (x - mu) / sigma`` (training, the gradient flows through the
+    batch mean and variance)::
+
+        dx = (gamma / sigma) * (dy - mean(dy) - xhat * mean(dy * xhat))
+        dgamma = sum(dy * xhat),  dbeta = sum(dy)
+
+    After an inference forward the statistics are constants and
+    ``dx = gamma / sigma * dy``.
+
+    Parameters
+    ----------
+    dy : gradient of the loss with respect to y, like x.
+    x : the forward input.
+    gamma : the forward's gamma (None if it was None).
+    saved : the :class:`BatchNormSaved` returned by the forward.
+    layout : must match the forward's (None: the forward's).
+    out : optional preallocated dx like ``x``.
+    threads : CPU threads (None: the OpenMP default).
+
+    Returns
+    -------
+    (dx, dgamma, dbeta) : dgamma is None without gamma, dbeta None without beta.
+
+    Examples
+    --------
+    >>> import numpy as np, optcore
+    >>> x = np.random.default_rng(1).normal(size=(16, 3)).astype(np.float32)
+    >>> g, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    >>> y, saved = optcore.batch_norm(x, g, b, None, None, layout="NC")
+    >>> dx, dg, db = optcore.batch_norm_backward(np.ones_like(x), x, g, saved, layout="NC")
+    >>> bool(np.abs(dx).max() < 1e-5)
+    True
+    """
+    if not isinstance(saved, BatchNormSaved):
+        raise TypeError(f"saved: expected the BatchNormSaved returned by batch_norm, "
+                        f"got {type(saved).__qualname__}")
+    if layout is None:
+        layout = saved.layout
+    if layout != saved.layout:
+        raise ValueError(f"layout: {layout!r} but the forward used {saved.layout!r}")
+    xv = _arrays.view_of(x, "x")
+    _arrays.require_supported_dtype(xv, "x")
+    _arrays.require_contiguous(xv, "x")
+    if tuple(xv.shape) != saved.shape or xv.dtype != saved.dtype:
+        raise ValueError(f"x: shape {xv.shape} dtype {xv.dtype_name}, but the forward saw shape "
+                         f"{saved.shape} dtype {_arrays.DTYPE_NAMES[saved.dtype]}")
+    cl, outer, channels, inner = _geometry(xv, layout, "x")
+    stat_dtype = STATE_DTYPE[xv.dtype]
+    nthreads = _threads(threads)
+    dyv = _like_x(dy, "dy", xv, xv.shape, writeable=False)
+    if (gamma is not None) != saved.has_gamma:
+        raise ValueError("gamma: " + ("given, but the forward had none" if gamma is not None
+                                      else "None, but the forward used one"))
+    gv = _per_channel(gamma, "gamma", xv, channels, stat_dtype)
+    smv = _per_channel(saved.mean, "saved.mean", xv, channels, stat_dtype)
+    siv = _per_channel(saved.invstd, "saved.invstd", xv, channels, stat_dtype)
+    if out is None:
+        dx = _arrays.empty_array(xv, xv.shape)
+        dxv = _arrays.view_of(dx, "out")
+    else:
+        dx = out
+        dxv = _like_x(out, "out", xv, xv.shape, writeable=True)
+        _no_overlap([(dxv, "out")], [(xv, "x"), (dyv, "dy"), (gv, "gamma"),
+                                     (smv, "saved.mean"), (siv, "saved.invstd")])
+
+    be = _Backend(xv, nthreads)
+    dgamma = _arrays.empty_array(xv, (channels,), stat_dtype) if gv is not None else None
+    dbeta = _arrays.empty_array(xv, (channels,), stat_dtype) if saved.has_beta else None
+    dgv = _arrays.view_of(dgamma, "dgamma") if dgamma is not None else None
+    dbv = _arrays.view_of(dbeta, "dbeta") if dbeta is not None else None
+    groups, _ = be.mod.bn_partition(cl, outer, channels, inner)
+    partials = _arrays.empty_array(xv, (max(groups, 1), max(channels, 1), 2), "float64")
+    coeffs = _arrays.empty_array(xv, (max(channels, 1), 3), "float64")
+    pv = _arrays.view_of(partials, "partials")
+    cv = _arrays.view_of(coeffs, "coeffs")
+    geo = (xv.dtype, cl, outer, channels, inner)
+    be("bn_backward_reduce", *geo, dyv.ptr, xv.ptr, smv.ptr, pv.ptr)
+    be("bn_backward_finalize", *geo, pv.ptr, groups, siv.ptr, _ptr(gv), saved.training,
+       _ptr(dgv), _ptr(dbv), cv.ptr, threaded=False)
+    be("bn_backward_apply", *geo, dyv.ptr, xv.ptr, dxv.ptr, smv.ptr, cv.ptr)
+    return dx, dgamma, dbeta
+
+
+# ----------------------------------------------------------------------- layer
+
+class BatchNorm:
+    """A batch-normalisation layer: gamma, beta, running statistics, train/eval mode.
+
+    ``forward(x)`` normalises (training: batch statistics and a running-stat
+    update; eval: running statistics) and remembers what ``backward(dy)``
+    needs; ``backward`` returns dx and stores ``grad_gamma`` / ``grad_beta``.
+    ``momentum=None`` keeps a cumulative average, counting batches in
+    ``num_batches_tracked``.
+
+    Parameters
+    ----------
+    num_features : C.
+    eps, momentum, layout : as in :func:`batch_norm`.
+    affine : learn gamma (init 1) and beta (init 0).
+    track_running_stats : keep running statistics (init mean 0, variance 1).
+    dtype : dtype of the inputs; parameters use the statistics dtype
+        (float32, or float64 for float64 inputs).
+    like : an array whose framework and device the parameters take (default numpy, CPU).
+
+    Examples
+    --------
+    >>> import numpy as np, optcore
+    >>> bn = optcore.BatchNorm(3, layout="NC")
+    >>> y = bn.forward(np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32))
+    >>> dx = bn.backward(np.ones((10, 3), np.float32))
+    >>> bn.eval().training
+    False
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, layout: str = "NCHW",
+                 dtype: str = "float32", like: Any = None, threads: Optional[int] = None):
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features: expected a positive int, got {num_features!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+        if dtype not in _arrays.DTYPE_CODES:
+            raise TypeError(f"dtype: expected one of {tuple(_arrays.DTYPE_CODES)}, got {dtype!r}")
+        self.eps = _arrays.require_range(eps, "eps", lo=0.0, lo_open=True)
+        self.momentum = None if momentum is None else _arrays.require_range(momentum, "momentum",
+                                                                            lo=0.0, hi=1.0)
+        self.layout, self.num_features, self.threads = layout, num_features, threads
+        self.dtype = dtype
+        stat = STATE_DTYPE[_arrays.DTYPE_CODES[dtype]]
+        import numpy as np  # noqa: PLC0415
+        ref = _arrays.view_of(like if like is not None else np.empty(0, np.float32), "like")
+
+        def filled(value: float):
+            a = _arrays.empty_array(ref, (num_features,), stat)
+            a[...] = value
+            return a
+
+        self.gamma = filled(1.0) if affine else None
+        self.beta = filled(0.0) if affine else None
+        self.running_mean = filled(0.0) if track_running_stats else None
+        self.running_var = filled(1.0) if track_running_stats else None
+        self.num_batches_tracked = 0
+        self.training = True
+        self.grad_gamma = None
+        self.grad_beta = None
+        self._cache = None
+
+    def train(self, mode: bool = True) -> "BatchNorm":
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "BatchNorm":
+        return self.train(False)
+
+    def parameters(self) -> list:
+        return [p for p in (self.gamma, self.beta) if p is not None]
+
+    def grads(self) -> list:
+        return [g for g, p in ((self.grad_gamma, self.gamma), (self.grad_beta, self.beta))
+                if p is not None]
+
+    def forward(self, x: Any) -> Any:
+        use_batch = self.training or self.running_mean is None
+        y, saved = batch_norm(x, self.gamma, self.beta, self.running_mean, self.running_var,
+                              training=use_batch, momentum=self.momentum, eps=self.eps,
+                              layout=self.layout, num_batches_tracked=self.num_batches_tracked,
+                              threads=self.threads)
+        if self.training and self.running_mean is not None:
+            self.num_batches_tracked += 1
+        self._cache = (x, saved)
+        return y
+
+    __call__ = forward
+
+    def backward(self, dy: Any) -> Any:
+        if self._cache is None:
+            raise RuntimeError("backward: call forward first")
+        x, saved = self._cache
+        dx, self.grad_gamma, self.grad_beta = batch_norm_backward(
+            dy, x, self.gamma, saved, layout=self.layout, threads=self.threads)
+        return dx
+
+    def state_dict(self) -> dict:
+        out = {"num_batches_tracked": self.num_batches_tracked}
+        for k in ("gamma", "beta", "running_mean", "running_var"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = _arrays.to_numpy(v)
+        return out
