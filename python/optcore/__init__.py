@@ -23,3 +23,4 @@ __all__ = ["backend", "schedules", "amp", "averaging", "clip_grad_norm_", "clip_
 from .normalization import BatchNorm, batch_norm, batch_norm_backward  # noqa: E402,F401
 from .second_order import BFGS, CG, LBFGS, Newton, NonlinearCG, OptimizeResult, minimize  # noqa: E402
 __all__ += ["minimize", "OptimizeResult", "LBFGS", "BFGS", "CG", "NonlinearCG", "Newton"]
+from . import init, nn  # noqa: E402  (SPEC §4 initialisation, §5 network module)
