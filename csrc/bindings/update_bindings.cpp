@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -45,7 +46,9 @@ class UpdatePlan {
  public:
   UpdatePlan(int rule, const std::vector<uintptr_t>& thetas, const std::vector<int64_t>& numels,
              const std::vector<int>& dtypes, const std::vector<std::vector<uintptr_t>>& states,
-             int64_t chunk_elements)
+             int64_t chunk_elements, const std::optional<std::vector<int>>& grad_dtypes,
+             const std::optional<std::vector<uintptr_t>>& averages,
+             const std::optional<std::vector<uintptr_t>>& model_copies)
       : rule_(rule) {
     const RuleTraitsRow& traits = rule_traits(rule);
     const size_t n = thetas.size();
@@ -57,18 +60,33 @@ class UpdatePlan {
                             std::to_string(states.size()));
     for (const auto& list : states)
       if (list.size() != n) throw py::value_error("UpdatePlan: every state list needs one pointer per tensor");
+    if (grad_dtypes && grad_dtypes->size() != n)
+      throw py::value_error("grad_dtypes: one per tensor");
+    if (averages && averages->size() != n) throw py::value_error("averages: one per tensor");
+    if (model_copies && model_copies->size() != n) throw py::value_error("model_copies: one per tensor");
     if (chunk_elements <= 0) throw py::value_error("chunk_elements: must be positive");
     tensors_.resize(n);
     for (size_t i = 0; i < n; ++i) {
       if (dtypes[i] < 0 || dtypes[i] > 3) throw py::value_error("dtypes: unknown dtype code");
       if (numels[i] < 0) throw py::value_error("numels: negative");
+      const int gdt = grad_dtypes ? (*grad_dtypes)[i] : dtypes[i];
+      const bool master = dtypes[i] == int(DType::F32) && (gdt == int(DType::F16) || gdt == int(DType::BF16));
+      if (gdt != dtypes[i] && !master)
+        throw py::value_error("grad_dtypes: a gradient dtype differs from its parameter's only for "
+                              "float16/bfloat16 gradients of a float32 master");
+      const uintptr_t copy = model_copies ? (*model_copies)[i] : 0;
+      if (copy && !master) throw py::value_error("model_copies: only with a float32 master and 16-bit gradients");
       PlanTensor& t = tensors_[i];
       t.theta = reinterpret_cast<void*>(thetas[i]);
       for (int k = 0; k < kMaxStates; ++k)
         t.states[k] = k < traits.states ? reinterpret_cast<void*>(states[k][i]) : nullptr;
+      t.average = averages ? reinterpret_cast<void*>((*averages)[i]) : nullptr;
+      t.model_copy = reinterpret_cast<void*>(copy);
       t.numel = numels[i];
       t.dtype = dtypes[i];
-      t.padding = 0;
+      t.grad_dtype = gdt;
+      grad_codes_.push_back(gdt);
+      theta_codes_.push_back(dtypes[i]);
       for (int64_t begin = 0; begin < numels[i]; begin += chunk_elements) {
         const int64_t len = std::min(chunk_elements, numels[i] - begin);
         chunks_.push_back(PlanChunk{begin, len, static_cast<int32_t>(i), 0});
@@ -77,6 +95,9 @@ class UpdatePlan {
     }
     reads_grad_ = traits.reads_grad;
     grads_.assign(n, nullptr);
+    thetas_.assign(n, nullptr);
+    for (size_t i = 0; i < n; ++i) thetas_[i] = tensors_[i].theta;
+    partials_.assign(chunks_.size(), 0.0);
   }
 
   // grads: uint64 array of data pointers, one per tensor (ignored by rules
@@ -91,33 +112,59 @@ class UpdatePlan {
     launch.chunk_count = static_cast<int64_t>(chunks_.size());
     for (int i = 0; i < kMaxScalars; ++i)
       launch.scalars.v[i] = i < static_cast<int>(scalars.size()) ? scalars[i] : 0.0;
-    if (reads_grad_) {
-      auto arr = py::array_t<uint64_t, py::array::c_style>::ensure(grads);
-      if (!arr || arr.ndim() != 1 || static_cast<size_t>(arr.shape(0)) != tensors_.size())
-        throw py::value_error("grads: expected a uint64 array of " + std::to_string(tensors_.size()) +
-                              " data pointers");
-      const uint64_t* p = arr.data();
-      for (size_t i = 0; i < tensors_.size(); ++i) grads_[i] = reinterpret_cast<const void*>(p[i]);
-      launch.grads = grads_.data();
-    }
-    const int max_threads = threads > 0 ? threads : omp_get_max_threads();
-    launch.threads = total_ < kParallelThreshold ? 1 : max_threads;
+    if (reads_grad_) launch.grads = load_pointers(grads, "grads");
+    launch.threads = thread_count(threads);
     py::gil_scoped_release release;
     cpu::run_update(launch);
   }
 
+  // Σg² over the gradients (one fused pass, float64, deterministic): for the
+  // global-norm clip factor and the non-finite check of a step.
+  double grad_sum_squares(py::object grads, int threads) {
+    const void* const* ptrs = load_pointers(grads, "grads");
+    return sum_squares(ptrs, grad_codes_.data(), threads);
+  }
+
+  double theta_sum_squares(int threads) { return sum_squares(thetas_.data(), theta_codes_.data(), threads); }
+
   int64_t total_elements() const { return total_; }
+  bool has_averages() const { return !tensors_.empty() && tensors_[0].average != nullptr; }
   size_t tensor_count() const { return tensors_.size(); }
   size_t chunk_count() const { return chunks_.size(); }
   int rule() const { return rule_; }
 
  private:
+  int thread_count(int threads) const {
+    const int max_threads = threads > 0 ? threads : omp_get_max_threads();
+    return total_ < kParallelThreshold ? 1 : max_threads;
+  }
+
+  const void* const* load_pointers(py::object grads, const char* name) {
+    auto arr = py::array_t<uint64_t, py::array::c_style>::ensure(grads);
+    if (!arr || arr.ndim() != 1 || static_cast<size_t>(arr.shape(0)) != tensors_.size())
+      throw py::value_error(std::string(name) + ": expected a uint64 array of " +
+                            std::to_string(tensors_.size()) + " data pointers");
+    const uint64_t* p = arr.data();
+    for (size_t i = 0; i < tensors_.size(); ++i) grads_[i] = reinterpret_cast<const void*>(p[i]);
+    return grads_.data();
+  }
+
+  double sum_squares(const void* const* ptrs, const int32_t* codes, int threads) {
+    cpu::SumSquaresLaunch launch{chunks_.data(), static_cast<int64_t>(chunks_.size()), ptrs, codes,
+                                 partials_.data(), thread_count(threads)};
+    py::gil_scoped_release release;
+    return cpu::sum_squares(launch);
+  }
+
   int rule_;
   bool reads_grad_ = true;
   int64_t total_ = 0;
   std::vector<PlanTensor> tensors_;
   std::vector<PlanChunk> chunks_;
   std::vector<const void*> grads_;  // reused every step: no allocation per step
+  std::vector<void*> thetas_;
+  std::vector<int32_t> grad_codes_, theta_codes_;
+  std::vector<double> partials_;    // one per chunk, reused
 };
 
 // numpy's flag bits (numpy/ndarraytypes.h).
@@ -174,10 +221,16 @@ void bind_update(py::module_& m) {
   py::class_<UpdatePlan>(m, "UpdatePlan",
                          "Work decomposition of one update rule over a fixed list of tensors.")
       .def(py::init<int, const std::vector<uintptr_t>&, const std::vector<int64_t>&,
-                    const std::vector<int>&, const std::vector<std::vector<uintptr_t>>&, int64_t>(),
+                    const std::vector<int>&, const std::vector<std::vector<uintptr_t>>&, int64_t,
+                    const std::optional<std::vector<int>>&, const std::optional<std::vector<uintptr_t>>&,
+                    const std::optional<std::vector<uintptr_t>>&>(),
            py::arg("rule"), py::arg("thetas"), py::arg("numels"), py::arg("dtypes"),
-           py::arg("states"), py::arg("chunk_elements") = 32768)
+           py::arg("states"), py::arg("chunk_elements") = 32768, py::kw_only(),
+           py::arg("grad_dtypes") = py::none(), py::arg("averages") = py::none(),
+           py::arg("model_copies") = py::none())
       .def("step", &UpdatePlan::step, py::arg("grads"), py::arg("scalars"), py::arg("threads") = 0)
+      .def("grad_sum_squares", &UpdatePlan::grad_sum_squares, py::arg("grads"), py::arg("threads") = 0)
+      .def("theta_sum_squares", &UpdatePlan::theta_sum_squares, py::arg("threads") = 0)
       .def_property_readonly("total_elements", &UpdatePlan::total_elements)
       .def_property_readonly("tensor_count", &UpdatePlan::tensor_count)
       .def_property_readonly("chunk_count", &UpdatePlan::chunk_count)
@@ -190,6 +243,24 @@ void bind_update(py::module_& m) {
   m.attr("MAX_SCALARS") = kMaxScalars;
 
   m.def("inspect_numpy", &inspect_numpy, py::arg("items"));
+
+  // Test hooks for the 16-bit conversions in csrc/optcore/dtypes.h.
+  m.def("_float_to_storage", [](py::array_t<float, py::array::c_style> src, int code) {
+    py::array_t<uint16_t> out(src.size());
+    const float* s = src.data();
+    uint16_t* d = out.mutable_data();
+    for (py::ssize_t i = 0; i < src.size(); ++i)
+      d[i] = code == 2 ? float_to_half(s[i]) : float_to_bfloat16(s[i]);
+    return out;
+  });
+  m.def("_storage_to_float", [](py::array_t<uint16_t, py::array::c_style> src, int code) {
+    py::array_t<float> out(src.size());
+    const uint16_t* s = src.data();
+    float* d = out.mutable_data();
+    for (py::ssize_t i = 0; i < src.size(); ++i)
+      d[i] = code == 2 ? half_to_float(s[i]) : bfloat16_to_float(s[i]);
+    return out;
+  });
 
   m.def("cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); });
   m.def("cpu_isa_detected", [] { return std::string(cpu::isa_name(cpu::detected_isa())); });

@@ -60,5 +60,18 @@ void run_update(const UpdateLaunch& launch) {
   }
 }
 
+double sum_squares(const SumSquaresLaunch& launch) {
+  switch (g_active) {
+#if defined(OPTCORE_X86)
+    case Isa::Avx512: avx512::sum_squares(launch); break;
+    case Isa::Avx2: avx2::sum_squares(launch); break;
+#endif
+    default: base::sum_squares(launch); break;
+  }
+  double total = 0.0;
+  for (int64_t c = 0; c < launch.chunk_count; ++c) total += launch.partials[c];
+  return total;
+}
+
 }  // namespace cpu
 }  // namespace optcore

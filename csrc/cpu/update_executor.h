@@ -19,9 +19,29 @@ struct UpdateLaunch {
   int threads;
 };
 
-namespace base { void run_update(const UpdateLaunch& launch); }
-namespace avx2 { void run_update(const UpdateLaunch& launch); }
-namespace avx512 { void run_update(const UpdateLaunch& launch); }
+// Per-chunk sums of squares (float64) of a list of tensors, written to
+// partials[chunk]; the caller adds them in chunk order (deterministic).
+struct SumSquaresLaunch {
+  const PlanChunk* chunks;
+  int64_t chunk_count;
+  const void* const* pointers;  // one per tensor
+  const int32_t* dtypes;        // one per tensor
+  double* partials;             // one per chunk
+  int threads;
+};
+
+namespace base {
+void run_update(const UpdateLaunch& launch);
+void sum_squares(const SumSquaresLaunch& launch);
+}  // namespace base
+namespace avx2 {
+void run_update(const UpdateLaunch& launch);
+void sum_squares(const SumSquaresLaunch& launch);
+}  // namespace avx2
+namespace avx512 {
+void run_update(const UpdateLaunch& launch);
+void sum_squares(const SumSquaresLaunch& launch);
+}  // namespace avx512
 
 enum class Isa : int { Base = 0, Avx2 = 1, Avx512 = 2 };
 
@@ -30,6 +50,7 @@ Isa active_isa();
 void set_active_isa(Isa isa);  // tests compare instruction sets bit for bit
 const char* isa_name(Isa isa);
 void run_update(const UpdateLaunch& launch);
+double sum_squares(const SumSquaresLaunch& launch);  // Σ over chunks, in order
 
 }  // namespace cpu
 }  // namespace optcore

@@ -62,23 +62,19 @@ OPTCORE_HD float half_to_float(uint16_t h) {
 }
 
 // binary32 -> binary16, round to nearest even; overflow gives Inf, NaN stays NaN.
+// All three cases are computed and one is selected, so loops over it vectorise.
 OPTCORE_HD uint16_t float_to_half(float value) {
-  uint32_t u = float_to_bits(value);
-  const uint32_t sign = (u >> 16) & 0x8000u;
-  u &= 0x7fffffffu;
-  uint16_t out;
-  if (u >= (uint32_t(127 + 16) << 23)) {
-    out = (u > (255u << 23)) ? 0x7e00u : 0x7c00u;
-  } else if (u < (113u << 23)) {
-    // Subnormal or zero: adding a magic constant lets the FPU round.
-    const uint32_t magic_bits = uint32_t((127 - 15) + (23 - 10) + 1) << 23;
-    const float sum = bits_to_float(u) + bits_to_float(magic_bits);
-    out = uint16_t(float_to_bits(sum) - magic_bits);
-  } else {
-    const uint32_t mantissa_odd = (u >> 13) & 1u;
-    u += (uint32_t(15 - 127) << 23) + 0xfffu + mantissa_odd;
-    out = uint16_t(u >> 13);
-  }
+  const uint32_t bits = float_to_bits(value);
+  const uint32_t sign = (bits >> 16) & 0x8000u;
+  const uint32_t u = bits & 0x7fffffffu;
+  // Normal results: rebias the exponent and round the 13 dropped bits to even.
+  const uint32_t normal = (u + (uint32_t(15 - 127) << 23) + 0xfffu + ((u >> 13) & 1u)) >> 13;
+  // Subnormal results: adding 0.5 (as a float) makes the FPU round at the right bit.
+  const uint32_t magic_bits = uint32_t((127 - 15) + (23 - 10) + 1) << 23;
+  const uint32_t subnormal = float_to_bits(bits_to_float(u) + bits_to_float(magic_bits)) - magic_bits;
+  const uint32_t inf_or_nan = u > (255u << 23) ? 0x7e00u : 0x7c00u;
+  const uint32_t out = u >= (uint32_t(127 + 16) << 23) ? inf_or_nan
+                       : (u < (113u << 23) ? subnormal : normal);
   return uint16_t(out | sign);
 }
 
@@ -93,23 +89,33 @@ OPTCORE_HD uint16_t float_to_bfloat16(float value) {
 
 // Storage traits: the math type M and the state storage type for each dtype.
 template <class T> struct StorageTraits;
+// Raw is the bit container the CPU loops read and write (uint16_t for 16-bit
+// types: struct temporaries keep gcc from vectorising); encode/decode convert it.
 template <> struct StorageTraits<float> {
-  using Math = float; using State = float;
+  using Math = float; using State = float; using Raw = float;
+  OPTCORE_HD static float decode(float v) { return v; }
+  OPTCORE_HD static float encode(float v) { return v; }
   OPTCORE_HD static float load(float v) { return v; }
   OPTCORE_HD static float store(float v) { return v; }
 };
 template <> struct StorageTraits<double> {
-  using Math = double; using State = double;
+  using Math = double; using State = double; using Raw = double;
+  OPTCORE_HD static double decode(double v) { return v; }
+  OPTCORE_HD static double encode(double v) { return v; }
   OPTCORE_HD static double load(double v) { return v; }
   OPTCORE_HD static double store(double v) { return v; }
 };
 template <> struct StorageTraits<Half> {
-  using Math = float; using State = float;
+  using Math = float; using State = float; using Raw = uint16_t;
+  OPTCORE_HD static float decode(uint16_t v) { return half_to_float(v); }
+  OPTCORE_HD static uint16_t encode(float v) { return float_to_half(v); }
   OPTCORE_HD static float load(Half v) { return half_to_float(v.bits); }
   OPTCORE_HD static Half store(float v) { return Half{float_to_half(v)}; }
 };
 template <> struct StorageTraits<BFloat16> {
-  using Math = float; using State = float;
+  using Math = float; using State = float; using Raw = uint16_t;
+  OPTCORE_HD static float decode(uint16_t v) { return bfloat16_to_float(v); }
+  OPTCORE_HD static uint16_t encode(float v) { return float_to_bfloat16(v); }
   OPTCORE_HD static float load(BFloat16 v) { return bfloat16_to_float(v.bits); }
   OPTCORE_HD static BFloat16 store(float v) { return BFloat16{float_to_bfloat16(v)}; }
 };

@@ -10,11 +10,13 @@ namespace optcore {
 constexpr int kMaxStates = 3;
 
 struct PlanTensor {
-  void* theta;
-  void* states[kMaxStates];
+  void* theta;               // the parameters, or their float32 master copy
+  void* states[kMaxStates];  // optimizer state, StorageTraits<T>::State each
+  void* average;             // fused Polyak/EMA average (State type), or nullptr
+  void* model_copy;          // 16-bit model weights rewritten from a float32 master, or nullptr
   int64_t numel;
-  int32_t dtype;    // DType
-  int32_t padding;
+  int32_t dtype;             // DType of theta
+  int32_t grad_dtype;        // DType of the gradient: dtype, or 16-bit with a float32 master
 };
 
 struct PlanChunk {

@@ -14,6 +14,9 @@ struct StepScalars {
   double v[kMaxScalars];
 };
 
-enum ScalarSlot : int { kGradMultiplier = 0, kFirstRuleScalar = 1 };
+// v[11] is the weight w of the fused parameter average θ̂ ← θ̂ + w(θ − θ̂)
+// (w = 1/t for Polyak's uniform average, 1 − α for the exponential one, eq. 8.39),
+// read only by plans that carry averages.
+enum ScalarSlot : int { kGradMultiplier = 0, kFirstRuleScalar = 1, kAverageWeight = 11 };
 
 }  // namespace optcore

@@ -232,11 +232,6 @@ def current_stream(v: View) -> int:
     return 0
 
 
-def fast_numpy_views(items: list):
-    """(ptrs, numels, codes, flags, shape_hashes) for a list of numpy arrays, else None."""
-    return _core.inspect_numpy(items)
-
-
 def shape_hash(shape: Tuple[int, ...]) -> int:
     """The same hash as inspect_numpy computes (FNV-1a over ndim and dims)."""
     mask = (1 << 64) - 1
@@ -268,3 +263,72 @@ def to_numpy(x: Any) -> np.ndarray:
     if is_cupy(x):
         return x.get()
     return np.asarray(x).copy()
+
+
+def copy_from_host(dst: Any, host: np.ndarray) -> None:
+    """Overwrite the flat buffer ``dst`` (numpy/cupy/torch) with the host array's values."""
+    flat = np.ascontiguousarray(host).reshape(-1)
+    if isinstance(dst, np.ndarray):
+        dst[...] = flat
+    elif is_cupy(dst):
+        dst.set(flat)
+    else:
+        torch = _torch_module()
+        dst.copy_(torch.from_numpy(flat.copy()))
+
+
+def copy_into(dst: Any, src: Any) -> None:
+    """dst[...] = src element-wise (same element count; dtype converted, rounding to nearest)."""
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst.reshape(-1), np.asarray(src).reshape(-1), casting="unsafe")
+    elif is_torch(dst):
+        dst.view(-1).copy_(src.reshape(-1))
+    else:  # cupy
+        dst.reshape(-1)[...] = src.reshape(-1)
+
+
+class FastChecker:
+    """Per-step gradient checks for a fixed parameter list, in the cheapest form each
+    framework allows. ``pointers(items)`` returns the data pointers when every item
+    matches its parameter (type, dtype, shape, device, C-contiguous), else None, and
+    the caller takes the general path, which names the first offending argument."""
+
+    def __init__(self, views: Sequence[View]):
+        frameworks = {v.framework for v in views}
+        self.kind = frameworks.pop() if len(frameworks) == 1 else "mixed"
+        self.codes = np.array([v.dtype for v in views], dtype=np.int32)
+        self.shape_hashes = np.array([shape_hash(v.shape) for v in views], dtype=np.uint64)
+        if self.kind == "torch":
+            self.meta = [(v.obj.dtype, v.obj.shape, v.obj.device) for v in views]
+        elif self.kind == "cupy":
+            self.meta = [(v.obj.dtype, v.shape, v.device_id) for v in views]
+
+    def pointers(self, items: list) -> Optional[np.ndarray]:
+        if self.kind == "numpy":
+            fast = _core.inspect_numpy(items)
+            if fast is None:
+                return None
+            ptrs, _, codes, flags, hashes = fast
+            ok = (np.array_equal(codes, self.codes) and np.array_equal(hashes, self.shape_hashes)
+                  and bool(np.all((flags & (_FLAG_CONTIGUOUS | _FLAG_ALIGNED))
+                                  == (_FLAG_CONTIGUOUS | _FLAG_ALIGNED))))
+            return ptrs if ok else None
+        if self.kind == "torch":
+            torch = _torch_module()
+            ptrs = []
+            for g, (dt, shape, dev) in zip(items, self.meta):
+                if type(g) is not torch.Tensor or g.dtype is not dt or g.shape != shape \
+                        or g.device != dev or g.is_sparse or not g.is_contiguous():
+                    return None
+                ptrs.append(g.data_ptr())
+            return np.array(ptrs, dtype=np.uint64)
+        if self.kind == "cupy":
+            cupy = _cupy_module()
+            ptrs = []
+            for g, (dt, shape, dev) in zip(items, self.meta):
+                if type(g) is not cupy.ndarray or g.dtype != dt or g.shape != shape \
+                        or g.device.id != dev or not g.flags.c_contiguous:
+                    return None
+                ptrs.append(g.data.ptr)
+            return np.array(ptrs, dtype=np.uint64)
+        return None

@@ -8,6 +8,7 @@
 #include "optcore/rules/nesterov.h"
 #include "optcore/rules/rmsprop.h"
 #include "optcore/rules/sgd.h"
+#include "optcore/rules/utility.h"
 
 namespace optcore {
 
@@ -27,9 +28,13 @@ namespace optcore {
   X(11, RmsPropNesterovApplyRule)            \
   X(12, AdamRule)                            \
   X(13, AdaDeltaRule)                        \
-  X(14, DeltaBarDeltaRule)
+  X(14, DeltaBarDeltaRule)                   \
+  X(15, RestoreRule)                         \
+  X(16, ScaleRule)                           \
+  X(17, ClampRule)                           \
+  X(18, LerpRule)
 
-constexpr int kRuleCount = 15;
+constexpr int kRuleCount = 19;
 
 // Whether a rule reads the gradient (LookaheadRule does not).
 template <class R, class = void> struct RuleReadsGrad { static constexpr bool value = true; };

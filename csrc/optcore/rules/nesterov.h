@@ -62,4 +62,13 @@ template <class M> struct NesterovApplyRule {
   }
 };
 
+// Undo of LookaheadRule when the closure's gradients are refused: θ ← saved,
+// bit for bit, so a refused step leaves the parameters as they were.
+template <class M> struct RestoreRule {
+  static constexpr int kStates = 1;  // saved
+  static constexpr bool kReadsGrad = false;
+  OPTCORE_HD explicit RestoreRule(const StepScalars&) {}
+  OPTCORE_HD void operator()(M& theta, M, M* st) const { theta = st[0]; }
+};
+
 }  // namespace optcore

@@ -1,0 +1,589 @@
+"""The optimizer base class: parameter groups, state, validation and plans.
+
+Subclasses name their update rule and state, check their hyper-parameters and
+turn them into the per-step scalars of the kernel rule (csrc/optcore/rules).
+Everything else (input checks, one kernel launch per group and step, state
+dicts, the exact-Nesterov closure protocol) lives here.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import _arrays as A
+from .. import _core
+from ..schedules import evaluate as evaluate_schedule
+
+# Rule ids: csrc/optcore/rules/all.h
+RULE_LOOKAHEAD = 5
+RULE_RESTORE = 15
+
+Params = Any  # an array, a list of arrays, or a list of param-group dicts
+
+
+def _cuda_module():
+    try:
+        from .. import _cuda  # noqa: WPS433 - optional extension
+    except ImportError:
+        return None
+    return _cuda
+
+
+class _GroupPlan:
+    """The kernel plan of one group for one rule, plus its pointer bookkeeping."""
+
+    def __init__(self, rule: int, views: Sequence[A.View], states: Sequence[Sequence[Any]],
+                 device: Tuple[str, int], masters: Optional[Sequence[Any]] = None,
+                 averages: Optional[Sequence[Any]] = None):
+        masters = list(masters) if masters is not None else [None] * len(views)
+        # With a float32 master the kernel updates the master and rewrites the 16-bit parameter.
+        thetas = [A.view_of(m, "master").ptr if m is not None else v.ptr
+                  for v, m in zip(views, masters)]
+        dtypes = [0 if m is not None else v.dtype for v, m in zip(views, masters)]
+        grad_dtypes = [v.dtype for v in views]
+        copies = [v.ptr if m is not None else 0 for v, m in zip(views, masters)]
+        numels = [v.numel for v in views]
+        state_ptrs = [[A.view_of(s, "state").ptr for s in per_state] for per_state in states]
+        options = dict(grad_dtypes=grad_dtypes,
+                       averages=None if averages is None else
+                       [A.view_of(a, "average").ptr for a in averages],
+                       model_copies=copies if any(copies) else None)
+        self.device = device
+        if device[0] == "cpu":
+            self.plan = _core.UpdatePlan(rule, thetas, numels, dtypes, state_ptrs, **options)
+        else:
+            cuda = _cuda_module()
+            self.plan = cuda.UpdatePlan(rule, thetas, numels, dtypes, state_ptrs, device[1], **options)
+        self.stream_of = views[0] if views else None
+
+    def run(self, grad_ptrs: Optional[np.ndarray], scalars: List[float]) -> None:
+        grads = grad_ptrs if grad_ptrs is not None else _NO_POINTERS
+        if self.device[0] == "cpu":
+            self.plan.step(grads, scalars)
+        else:
+            self.plan.step(grads, scalars, A.current_stream(self.stream_of))
+
+
+_NO_POINTERS = np.zeros(0, dtype=np.uint64)
+
+
+class Optimizer:
+    """Base class of the first-order optimizers.
+
+    Parameters
+    ----------
+    params
+        An array, a list of arrays, or a list of parameter-group dicts
+        ``{"params": [...], <hyper-parameter>: value}``. numpy, cupy and torch
+        arrays are accepted and updated in place (zero-copy); they must be
+        C-contiguous, writeable, floating point and all on one device.
+    defaults
+        Hyper-parameter defaults for groups that do not set them.
+    max_grad_norm
+        Clip by the global L2 norm over all gradients (section 8.2.4):
+        g ← g·min(1, c/‖g‖). The norm is one fused reduction over g and the
+        factor is applied inside the update pass; ``last_grad_norm`` holds it.
+    average
+        ``"uniform"`` (Polyak: θ̂ₜ = θ̂ₜ₋₁ + (θₜ − θ̂ₜ₋₁)/t) or ``"ema"``
+        (eq. 8.39: θ̂ₜ = αθ̂ₜ₋₁ + (1−α)θₜ with α = ``average_decay``), updated in
+        the same kernel pass as the step; see :meth:`averaged_params`.
+    master_weights
+        Keep float32 master copies of float16/bfloat16 parameters: the step
+        updates the master and writes the rounded parameter in the same pass.
+    """
+
+    #: kernel rule id (csrc/optcore/rules/all.h) and state names, in kernel order
+    rule: int = -1
+    state_names: Tuple[str, ...] = ()
+    #: rule ids of the exact closure form (look-ahead state names, apply rule) or None
+    closure_rules: Optional[Tuple[Tuple[str, ...], int, Tuple[str, ...]]] = None
+
+    def __init__(self, params: Params, defaults: Dict[str, Any], *,
+                 max_grad_norm: Optional[float] = None, average: Optional[str] = None,
+                 average_decay: float = 0.999, master_weights: bool = False):
+        if max_grad_norm is not None:
+            max_grad_norm = A.require_range(max_grad_norm, "max_grad_norm", lo=0.0, lo_open=True)
+        if average not in (None, "uniform", "ema"):
+            raise ValueError(f"average: expected None, 'uniform' or 'ema', got {average!r}")
+        average_decay = A.require_range(average_decay, "average_decay", lo=0.0, hi=1.0,
+                                        hi_open=True)
+        if not isinstance(master_weights, bool):
+            raise TypeError(f"master_weights: expected a bool, got {master_weights!r}")
+        self.max_grad_norm = max_grad_norm
+        self.average = average
+        self.average_decay = average_decay
+        self.master_weights = master_weights
+        self.skipped_steps = 0
+        self.last_grad_norm: Optional[float] = None
+        self._averaged_steps = 0
+        self.defaults = dict(defaults)
+        self.param_groups: List[Dict[str, Any]] = []
+        for gi, group in enumerate(self._normalize_groups(params)):
+            merged = dict(self.defaults)
+            merged.update(group)
+            unknown = set(merged) - set(self.defaults) - {"params"}
+            if unknown:
+                raise TypeError(f"param_groups[{gi}]: unknown hyper-parameter(s) {sorted(unknown)} "
+                                f"for {type(self).__name__} (expected {sorted(self.defaults)})")
+            self.param_groups.append(merged)
+        self._flat: List[Any] = [p for g in self.param_groups for p in g["params"]]
+        if not self._flat:
+            raise ValueError("params: got an empty parameter list")
+        names = self._param_names()
+        self._views = [A.view_of(p, n) for p, n in zip(self._flat, names)]
+        for v, n in zip(self._views, names):
+            A.require_supported_dtype(v, n)
+            A.require_writeable(v, n)
+            A.require_contiguous(v, n)
+        first = self._views[0]
+        for v, n in zip(self._views, names):
+            if (v.device, v.device_id) != (first.device, first.device_id):
+                raise ValueError(f"{n}: on {v.where}, but {names[0]} is on {first.where}; "
+                                 "one optimizer updates parameters on one device")
+        self._device = (first.device, first.device_id)
+        if first.device == "cuda":
+            cuda = _cuda_module()
+            if cuda is None or not hasattr(cuda, "UpdatePlan"):
+                raise RuntimeError(f"{names[0]}: a CUDA array, but this optcore build has no CUDA "
+                                   "module (rebuild with nvcc available, OPTCORE_CUDA=ON)")
+            if cuda.device_count() <= 0:
+                raise RuntimeError(f"{names[0]}: a CUDA array, but no CUDA device is visible")
+        A.require_no_overlap(self._views, names)
+        for gi, group in enumerate(self.param_groups):
+            self._validate_static(group, f"param_groups[{gi}]")
+            self.scalars(group, 1, f"param_groups[{gi}]")  # range checks of every hyper-parameter
+
+        # State: one flat buffer per (parameter, state name), float32 for 16-bit params.
+        self._state_bufs: List[Dict[str, Any]] = []
+        index = 0
+        for group in self.param_groups:
+            for _ in group["params"]:
+                v = self._views[index]
+                bufs = {}
+                for name in self.state_names:
+                    buf = A.empty_like_state(v, A.STATE_DTYPE[v.dtype], v.numel)
+                    init = self.initial_state(name, group)
+                    if init != 0.0:
+                        buf[...] = init
+                    bufs[name] = buf
+                self._state_bufs.append(bufs)
+                index += 1
+        # float32 masters of 16-bit parameters, and the fused averages (of the master if any).
+        self._masters: List[Optional[Any]] = [None] * len(self._flat)
+        if master_weights:
+            for i, v in enumerate(self._views):
+                if v.dtype in (2, 3):
+                    self._masters[i] = A.empty_like_state(v, "float32", v.numel)
+                    A.copy_into(self._masters[i], self._flat[i])
+        self._averages: Optional[List[Any]] = None
+        if average is not None:
+            self._averages = []
+            for i, v in enumerate(self._views):
+                buf = A.empty_like_state(v, A.STATE_DTYPE[v.dtype], v.numel)
+                A.copy_into(buf, self._masters[i] if self._masters[i] is not None else self._flat[i])
+                self._averages.append(buf)
+        self._scratch: Optional[List[Any]] = None  # exact-closure copies of θ, made on first use
+        self._steps = [0] * len(self.param_groups)
+        self._offsets = np.cumsum([0] + [len(g["params"]) for g in self.param_groups])
+        self._plans: Dict[Tuple[int, int], _GroupPlan] = {}
+        self._written = A.Intervals(list(self._written_views()),
+                                    names + ["optimizer state"] * (len(list(self._written_views())) - len(names)))
+        self._numels = np.array([v.numel for v in self._views], dtype=np.int64)
+        self._itemsizes = np.array([A.ITEMSIZE[v.dtype] for v in self._views], dtype=np.uint64)
+        self._fast_checker = A.FastChecker(self._views)
+
+    # ------------------------------------------------------------------ subclass hooks
+    def rule_for(self, group: Dict[str, Any]) -> int:
+        """The kernel rule a group runs (differs by ``convention`` for some classes)."""
+        return self.rule
+
+    def initial_state(self, name: str, group: Dict[str, Any]) -> float:
+        """Initial value of a state buffer (zero unless the algorithm says otherwise)."""
+        return 0.0
+
+    def scalars(self, group: Dict[str, Any], step: int, where: str) -> List[float]:
+        """Check the group's hyper-parameters; return the kernel scalars for step ``step`` (≥1)."""
+        raise NotImplementedError
+
+    def closure_scalars(self, group: Dict[str, Any], step: int, where: str):
+        """(look-ahead scalars, apply scalars) for the exact closure form."""
+        raise NotImplementedError
+
+    def _validate_static(self, group: Dict[str, Any], where: str) -> None:
+        """Checks of construction-time options (e.g. ``convention``)."""
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def state(self) -> List[Dict[str, Any]]:
+        """One dict per parameter (flat order): state name -> live view shaped like the parameter."""
+        out = []
+        for p, bufs in zip(self._flat, self._state_bufs):
+            shape = tuple(A.view_of(p, "param").shape)
+            out.append({k: b.reshape(shape) for k, b in bufs.items()})
+        return out
+
+    @property
+    def step_count(self) -> int:
+        """Number of updates taken by the first group."""
+        return self._steps[0]
+
+    def params(self) -> List[Any]:
+        """The parameter arrays in flat order (the list a closure receives)."""
+        return list(self._flat)
+
+    def step(self, grads: Any = None, closure: Optional[Callable] = None, *,
+             grad_scale: Optional[float] = None) -> Any:
+        """Apply one update.
+
+        Parameters
+        ----------
+        grads
+            Gradients parallel to the parameters (flat group order), same shapes,
+            dtypes and device. Read only; never written.
+        closure
+            Alternative to ``grads``: ``closure(params)`` returns ``grads`` or
+            ``(loss, grads)``. Required for the exact form of Nesterov momentum
+            (the gradient is taken at θ + αv).
+        grad_scale
+            The loss scale the gradients carry (mixed precision): they are
+            divided by it inside the update pass. A non-finite gradient anywhere
+            then skips the whole step (parameters, state, averages and step
+            count untouched) and increments ``skipped_steps``.
+
+        Returns
+        -------
+        The loss returned by the closure, if any.
+        """
+        inv_scale = 1.0
+        if grad_scale is not None:
+            inv_scale = 1.0 / A.require_range(grad_scale, "grad_scale", lo=0.0, lo_open=True)
+        if closure is not None:
+            if grads is not None:
+                raise TypeError("step: pass either grads or closure, not both")
+            if not callable(closure):
+                raise TypeError(f"closure: expected a callable, got {type(closure).__name__}")
+            return self._step_closure(closure, inv_scale, grad_scale is not None)
+        if grads is None:
+            raise TypeError("step: grads is required (or pass closure=)")
+        grad_ptrs = self._check_grads(grads)
+        group_scalars = self._all_scalars()
+        multiplier = self._grad_multiplier(grad_ptrs, inv_scale, grad_scale is not None)
+        if multiplier is None:
+            return None
+        average_weight = self._next_average_weight()
+        for gi, scalars in enumerate(group_scalars):
+            rule = self.rule_for(self.param_groups[gi])
+            scalars = self._finish_scalars(scalars, multiplier, average_weight)
+            self._plan(gi, rule, self.state_names, main=True).run(self._slice(grad_ptrs, gi), scalars)
+            self._steps[gi] += 1
+        self._count_average()
+        return None
+
+    def averaged_params(self) -> List[Any]:
+        """The running averages (``average=`` option), shaped like the parameters (live views)."""
+        if self._averages is None:
+            raise RuntimeError("averaged_params: this optimizer was built without average=")
+        return [b.reshape(v.shape) for b, v in zip(self._averages, self._views)]
+
+    def master_params(self) -> List[Optional[Any]]:
+        """float32 masters of 16-bit parameters (``master_weights=True``), else None entries."""
+        return [None if m is None else m.reshape(v.shape) for m, v in zip(self._masters, self._views)]
+
+    def swap_averages(self):
+        """Context manager: the averages replace the parameters inside the block, then are swapped back."""
+        from ..averaging import swapped
+        return swapped(self._flat, self.averaged_params())
+
+    # ------------------------------------------------------------------ fused extras
+    def _grad_multiplier(self, grad_ptrs: np.ndarray, inv_scale: float,
+                         check_finite: bool) -> Optional[float]:
+        """1/scale times the clip factor; None when the step must be skipped."""
+        if self.max_grad_norm is None and not check_finite:
+            return inv_scale
+        total = 0.0
+        for gi in range(len(self.param_groups)):
+            plan = self._plan(gi, self.rule_for(self.param_groups[gi]), self.state_names, main=True)
+            total += plan.plan.grad_sum_squares(self._slice(grad_ptrs, gi))
+        norm = float(np.sqrt(total)) * inv_scale
+        if not np.isfinite(norm):
+            self.skipped_steps += 1
+            self.last_grad_norm = norm
+            return None
+        self.last_grad_norm = norm
+        if self.max_grad_norm is None:
+            return inv_scale
+        return inv_scale * min(1.0, self.max_grad_norm / (norm + 1e-6))
+
+    def _next_average_weight(self) -> float:
+        if self._averages is None:
+            return 0.0
+        if self.average == "uniform":
+            return 1.0 / (self._averaged_steps + 1)
+        return 1.0 - self.average_decay
+
+    def _count_average(self) -> None:
+        if self._averages is not None:
+            self._averaged_steps += 1
+
+    @staticmethod
+    def _finish_scalars(scalars: List[float], multiplier: float, average_weight: float) -> List[float]:
+        out = list(scalars) + [0.0] * (12 - len(scalars))
+        out[0] = multiplier
+        out[11] = average_weight
+        return out
+
+    def state_dict(self) -> Dict[str, Any]:
+        """A host copy of the optimizer: hyper-parameters, step counts and state."""
+        groups = []
+        index = 0
+        for gi, g in enumerate(self.param_groups):
+            entry = {k: v for k, v in g.items() if k != "params" and not callable(v)}
+            entry["params"] = list(range(index, index + len(g["params"])))
+            entry["step"] = self._steps[gi]
+            index += len(g["params"])
+            groups.append(entry)
+        state = {}
+        for i, bufs in enumerate(self._state_bufs):
+            shape = self._views[i].shape
+            state[i] = {k: A.to_numpy(b).reshape(shape) for k, b in self._extended_state(i).items()}
+        return {"optimizer": type(self).__name__, "state": state, "param_groups": groups,
+                "skipped_steps": self.skipped_steps, "averaged_steps": self._averaged_steps}
+
+    def _extended_state(self, i: int) -> Dict[str, Any]:
+        """State buffers of parameter i, with its master and average when present."""
+        out = dict(self._state_bufs[i])
+        if self._masters[i] is not None:
+            out["master"] = self._masters[i]
+        if self._averages is not None:
+            out["average"] = self._averages[i]
+        return out
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; the trajectory continues bit for bit.
+
+        Everything is checked before anything is written.
+        """
+        if not isinstance(state_dict, dict) or "param_groups" not in state_dict \
+                or "state" not in state_dict:
+            raise TypeError("state_dict: expected a dict with 'state' and 'param_groups'")
+        kind = state_dict.get("optimizer", type(self).__name__)
+        if kind != type(self).__name__:
+            raise ValueError(f"state_dict: saved by {kind}, cannot load into {type(self).__name__}")
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict: has {len(groups)} param groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        new_groups = []
+        for gi, (saved, mine) in enumerate(zip(groups, self.param_groups)):
+            if len(saved.get("params", ())) != len(mine["params"]):
+                raise ValueError(f"state_dict: param_groups[{gi}] has {len(saved['params'])} "
+                                 f"params, this optimizer has {len(mine['params'])}")
+            merged = dict(mine)
+            merged.update({k: v for k, v in saved.items() if k not in ("params", "step")})
+            self._validate_static(merged, f"state_dict param_groups[{gi}]")
+            self.scalars(merged, 1, f"state_dict param_groups[{gi}]")
+            step = saved.get("step", 0)
+            if isinstance(step, bool) or int(step) != step or step < 0:
+                raise ValueError(f"state_dict: param_groups[{gi}]['step'] must be a "
+                                 f"non-negative integer, got {step!r}")
+            new_groups.append((merged, int(step)))
+        state = state_dict["state"]
+        arrays = []
+        for i in range(len(self._state_bufs)):
+            bufs = self._extended_state(i)
+            saved = state.get(i, state.get(str(i)))
+            if saved is None or set(saved) != set(bufs):
+                raise ValueError(f"state_dict: state[{i}] must hold {sorted(bufs)}")
+            for name, buf in bufs.items():
+                host = np.asarray(saved[name])
+                want = A.STATE_DTYPE[self._views[i].dtype]
+                if host.size != self._views[i].numel or host.dtype != np.dtype(want):
+                    raise ValueError(f"state_dict: state[{i}]['{name}'] must be {want} with "
+                                     f"{self._views[i].numel} elements, got {host.dtype} "
+                                     f"with {host.size}")
+                arrays.append((buf, host))
+        counters = {}
+        for key in ("skipped_steps", "averaged_steps"):
+            value = state_dict.get(key, 0)
+            if isinstance(value, bool) or int(value) != value or value < 0:
+                raise ValueError(f"state_dict: '{key}' must be a non-negative integer, got {value!r}")
+            counters[key] = int(value)
+        for buf, host in arrays:
+            A.copy_from_host(buf, host)
+        for gi, (merged, step) in enumerate(new_groups):
+            self.param_groups[gi].update({k: v for k, v in merged.items() if k != "params"})
+            self._steps[gi] = step
+        self.skipped_steps = counters["skipped_steps"]
+        self._averaged_steps = counters["averaged_steps"]
+
+    # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _normalize_groups(params: Params) -> List[Dict[str, Any]]:
+        if isinstance(params, dict):
+            params = [params]
+        items = A.as_list(params, "params")
+        if items and all(isinstance(g, dict) for g in items):
+            groups = []
+            for gi, g in enumerate(items):
+                if "params" not in g:
+                    raise ValueError(f"params[{gi}]: a param group needs a 'params' entry")
+                group = dict(g)
+                group["params"] = A.as_list(g["params"], f"params[{gi}]['params']")
+                groups.append(group)
+            return groups
+        if any(isinstance(g, dict) for g in items):
+            raise TypeError("params: mix of arrays and param-group dicts")
+        return [{"params": items}]
+
+    def _param_names(self) -> List[str]:
+        if len(self.param_groups) == 1:
+            return [f"params[{i}]" for i in range(len(self.param_groups[0]["params"]))]
+        return [f"param_groups[{gi}]['params'][{i}]"
+                for gi, g in enumerate(self.param_groups) for i in range(len(g["params"]))]
+
+    def _slice(self, ptrs: Optional[np.ndarray], gi: int) -> Optional[np.ndarray]:
+        if ptrs is None:
+            return None
+        return ptrs[self._offsets[gi]:self._offsets[gi + 1]]
+
+    def _plan(self, gi: int, rule: int, names: Sequence[str], main: bool = False) -> _GroupPlan:
+        """The cached plan of group ``gi`` for ``rule``; ``main`` plans also carry the averages."""
+        key = (gi, rule, main)
+        plan = self._plans.get(key)
+        if plan is None:
+            lo, hi = self._offsets[gi], self._offsets[gi + 1]
+            states = [[self._buffer(i, n) for i in range(lo, hi)] for n in names]
+            averages = self._averages[lo:hi] if (main and self._averages is not None) else None
+            plan = _GroupPlan(rule, self._views[lo:hi], states, self._device,
+                              masters=self._masters[lo:hi], averages=averages)
+            self._plans[key] = plan
+        return plan
+
+    def _buffer(self, index: int, name: str) -> Any:
+        if name == "saved":
+            return self._scratch[index]
+        return self._state_bufs[index][name]
+
+    def _all_scalars(self) -> List[List[float]]:
+        """Per-group kernel scalars for the next step; raises before anything is written."""
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            self._apply_schedules(group, gi)
+            out.append(self.scalars(group, self._steps[gi] + 1, f"param_groups[{gi}]"))
+        return out
+
+    def _apply_schedules(self, group: Dict[str, Any], gi: int) -> None:
+        k = self._steps[gi]
+        if group.get("schedule") is not None:
+            group["lr"] = evaluate_schedule(group["schedule"], k, f"param_groups[{gi}]['schedule']")
+        if group.get("momentum_schedule") is not None:
+            group["momentum"] = evaluate_schedule(group["momentum_schedule"], k,
+                                                  f"param_groups[{gi}]['momentum_schedule']")
+
+    def _check_grads(self, grads: Any) -> np.ndarray:
+        """Validate the gradient list; return its data pointers (uint64, flat order)."""
+        items = A.as_list(grads, "grads")
+        if len(items) != len(self._flat):
+            raise ValueError(f"grads: expected {len(self._flat)} gradients (one per parameter), "
+                             f"got {len(items)}")
+        ptrs = self._fast_checker.pointers(items)
+        if ptrs is not None:
+            ends = ptrs + self._numels.astype(np.uint64) * self._itemsizes
+            bad, _ = self._written.first_overlap(ptrs, ends)
+            if bad < 0:
+                return ptrs
+        return self._check_grads_slow(items)
+
+    def _check_grads_slow(self, items: List[Any]) -> np.ndarray:
+        ptrs = np.empty(len(items), dtype=np.uint64)
+        ends = np.empty(len(items), dtype=np.uint64)
+        pnames = self._param_names()
+        for i, (g, pv) in enumerate(zip(items, self._views)):
+            name = f"grads[{i}]"
+            gv = A.view_of(g, name)
+            if (gv.device, gv.device_id) != (pv.device, pv.device_id):
+                raise ValueError(f"{name}: on {gv.where}, but its parameter {pnames[i]} is on "
+                                 f"{pv.where}")
+            if gv.dtype != pv.dtype:
+                raise TypeError(f"{name}: dtype {gv.dtype_name}, but its parameter {pnames[i]} is "
+                                f"{pv.dtype_name}; gradients must match their parameter's dtype")
+            if gv.shape != pv.shape:
+                raise ValueError(f"{name}: shape {gv.shape}, but its parameter {pnames[i]} has "
+                                 f"shape {pv.shape}")
+            A.require_contiguous(gv, name)
+            ptrs[i] = gv.ptr
+            ends[i] = gv.ptr + gv.nbytes
+        bad, other = self._written.first_overlap(ptrs, ends)
+        if bad >= 0:
+            raise ValueError(f"grads[{bad}]: aliases {other}; a gradient must not share memory with "
+                             "a parameter or optimizer state that the step writes")
+        return ptrs
+
+    def _step_closure(self, closure: Callable, inv_scale: float, check_finite: bool) -> Any:
+        """Evaluate the closure and step; the exact form for rules that look ahead."""
+        exact = self.closure_rules is not None and all(
+            self._uses_exact_closure(g) for g in self.param_groups)
+        if not exact:
+            loss, grads = self._call_closure(closure)
+            self.step(grads, grad_scale=None if not check_finite else 1.0 / inv_scale)
+            return loss
+        lookahead_names, apply_rule, apply_names = self.closure_rules
+        scalars = []
+        for gi, group in enumerate(self.param_groups):
+            self._apply_schedules(group, gi)
+            scalars.append(self.closure_scalars(group, self._steps[gi] + 1, f"param_groups[{gi}]"))
+        if self._scratch is None:
+            self._scratch = [A.empty_like_state(v, A.STATE_DTYPE[v.dtype], v.numel)
+                             for v in self._views]
+            written = list(self._written_views())
+            self._written = A.Intervals(written, self._param_names() +
+                                        ["optimizer state"] * (len(written) - len(self._flat)))
+        for gi in range(len(self.param_groups)):
+            self._plan(gi, RULE_LOOKAHEAD, lookahead_names).run(None, scalars[gi][0])
+        try:
+            loss, grads = self._call_closure(closure)
+            grad_ptrs = self._check_grads(grads)
+            multiplier = self._grad_multiplier(grad_ptrs, inv_scale, check_finite)
+        except BaseException:
+            self._restore_from_scratch()
+            raise
+        if multiplier is None:
+            self._restore_from_scratch()
+            return loss
+        average_weight = self._next_average_weight()
+        for gi in range(len(self.param_groups)):
+            apply = self._finish_scalars(scalars[gi][1], multiplier, average_weight)
+            self._plan(gi, apply_rule, apply_names, main=True).run(self._slice(grad_ptrs, gi), apply)
+            self._steps[gi] += 1
+        self._count_average()
+        return loss
+
+    def _restore_from_scratch(self) -> None:
+        for gi in range(len(self.param_groups)):
+            self._plan(gi, RULE_RESTORE, ("saved",)).run(None, [1.0])
+
+    def _written_views(self):
+        yield from self._views
+        extra = [b for s in self._state_bufs for b in s.values()]
+        extra += [m for m in self._masters if m is not None]
+        extra += list(self._averages or []) + list(self._scratch or [])
+        for b in extra:
+            yield A.view_of(b, "state")
+
+    def _uses_exact_closure(self, group: Dict[str, Any]) -> bool:
+        return True
+
+    def _call_closure(self, closure: Callable):
+        out = closure(self.params())
+        if isinstance(out, tuple) and len(out) == 2:
+            return out[0], out[1]
+        return None, out
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for gi, g in enumerate(self.param_groups):
+            hp = ", ".join(f"{k}={v!r}" for k, v in g.items() if k != "params")
+            lines.append(f"  group {gi}: {len(g['params'])} params, {hp}")
+        lines.append(")")
+        return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""The first-order rules of chapter 8 (SPEC §1), one class each.
+
+Each class checks its hyper-parameters and turns them into the scalars of its
+per-element kernel rule (csrc/optcore/rules/<name>.h); the base class does the
+rest. The update math lives only in those headers.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .._arrays import require_range
+from .base import Optimizer, Params
+
+__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "RMSPropNesterov", "Adam",
+           "AdaDelta", "DeltaBarDelta"]
+
+Schedule = Optional[Callable[[int], float]]
+_CONVENTIONS = ("book", "torch")
+
+
+def _lr(group: Dict[str, Any], where: str) -> float:
+    return require_range(group["lr"], f"{where}['lr']", lo=0.0)
+
+
+def _unit(group: Dict[str, Any], key: str, where: str, hi_open: bool = True) -> float:
+    return require_range(group[key], f"{where}['{key}']", lo=0.0, hi=1.0, hi_open=hi_open)
+
+
+def _eps(group: Dict[str, Any], where: str, allow_zero: bool = False) -> float:
+    return require_range(group["eps"], f"{where}['eps']", lo=0.0, lo_open=not allow_zero)
+
+
+def _check_convention(group: Dict[str, Any], where: str) -> None:
+    if group["convention"] not in _CONVENTIONS:
+        raise ValueError(f"{where}['convention']: expected 'book' or 'torch', "
+                         f"got {group['convention']!r}")
+
+
+# Every class also takes the training-loop options of Optimizer:
+# max_grad_norm, average, average_decay and master_weights.
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, Algorithm 8.1: θ ← θ − ε_k g.
+
+    Example
+    -------
+    >>> import numpy as np, optcore
+    >>> w = np.ones(3, np.float32)
+    >>> opt = optcore.SGD([w], lr=0.1)
+    >>> opt.step([np.ones(3, np.float32)]); w
+    array([0.9, 0.9, 0.9], dtype=float32)
+    """
+
+    rule = 0
+    state_names = ()
+
+    def __init__(self, params: Params, lr: float = 0.01, schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, schedule=schedule), **options)
+
+    def scalars(self, group, step, where):
+        return [1.0, _lr(group, where)]
+
+
+class Momentum(Optimizer):
+    """Momentum, Algorithm 8.2 (eqs. 8.15–8.16): v ← αv − εg; θ ← θ + v.
+
+    ``convention="torch"`` applies torch.optim.SGD's form b ← αb + g;
+    θ ← θ − εb (the same trajectory while ε is constant). ``momentum_schedule``
+    raises α over time (section 8.3.2). State ``"v"`` (b under the torch convention).
+    """
+
+    state_names = ("v",)
+
+    def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.9,
+                 convention: str = "book", schedule: Schedule = None,
+                 momentum_schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, momentum=momentum, convention=convention,
+                                      schedule=schedule, momentum_schedule=momentum_schedule), **options)
+
+    def _validate_static(self, group, where):
+        _check_convention(group, where)
+
+    def rule_for(self, group):
+        return 2 if group["convention"] == "torch" else 1
+
+    def scalars(self, group, step, where):
+        return [1.0, _lr(group, where), _unit(group, "momentum", where)]
+
+
+class Nesterov(Optimizer):
+    """Nesterov momentum, Algorithm 8.3 (eqs. 8.21–8.22).
+
+    ``step(closure=f)`` is the exact box: the gradient is evaluated at
+    θ̃ = θ + αv, then v ← αv − εg and θ ← θ + v. ``step(grads)`` uses the
+    look-ahead parametrisation for ordinary training loops: the stored
+    parameters are φ = θ + αv, ``grads`` is ∇J(φ), and φ ← φ + αv' − εg after
+    v' ← αv − εg, which is algebraically the same trajectory.
+    ``convention="torch"`` is torch.optim.SGD(nesterov=True):
+    b ← αb + g; θ ← θ − ε(g + αb).
+    """
+
+    state_names = ("v",)
+    closure_rules = (("v", "saved"), 6, ("v", "saved"))
+
+    def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.9,
+                 convention: str = "book", schedule: Schedule = None,
+                 momentum_schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, momentum=momentum, convention=convention,
+                                      schedule=schedule, momentum_schedule=momentum_schedule), **options)
+
+    def _validate_static(self, group, where):
+        _check_convention(group, where)
+
+    def rule_for(self, group):
+        return 4 if group["convention"] == "torch" else 3
+
+    def _uses_exact_closure(self, group) -> bool:
+        # torch's form is itself a look-ahead parametrisation: a closure just supplies g.
+        return group["convention"] == "book"
+
+    def scalars(self, group, step, where):
+        return [1.0, _lr(group, where), _unit(group, "momentum", where)]
+
+    def closure_scalars(self, group, step, where):
+        lr, alpha = _lr(group, where), _unit(group, "momentum", where)
+        return [1.0, alpha], [1.0, lr, alpha]
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad, Algorithm 8.4: r ← r + g⊙g; θ ← θ − ε/(δ + √r) ⊙ g.
+
+    Matches torch.optim.Adagrad with lr_decay=0 and initial_accumulator_value=0.
+    """
+
+    rule = 7
+    state_names = ("r",)
+
+    def __init__(self, params: Params, lr: float = 0.01, eps: float = 1e-7,
+                 schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, eps=eps, schedule=schedule), **options)
+
+    def scalars(self, group, step, where):
+        return [1.0, _lr(group, where), _eps(group, where)]
+
+
+class RMSProp(Optimizer):
+    """RMSProp, Algorithm 8.5: r ← ρr + (1−ρ)g⊙g; θ ← θ − ε/√(δ + r) ⊙ g.
+
+    ``convention="torch"`` puts δ outside the root as torch.optim.RMSprop does:
+    θ ← θ − εg/(√r + δ).
+    """
+
+    state_names = ("r",)
+
+    def __init__(self, params: Params, lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-6,
+                 convention: str = "book", schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, convention=convention,
+                                      schedule=schedule), **options)
+
+    def _validate_static(self, group, where):
+        _check_convention(group, where)
+
+    def rule_for(self, group):
+        return 9 if group["convention"] == "torch" else 8
+
+    def scalars(self, group, step, where):
+        rho = _unit(group, "rho", where)
+        return [1.0, _lr(group, where), rho, 1.0 - rho, _eps(group, where)]
+
+
+class RMSPropNesterov(Optimizer):
+    """RMSProp with Nesterov momentum, Algorithm 8.6.
+
+    r ← ρr + (1−ρ)g⊙g; v ← αv − ε/√(δ + r) ⊙ g; θ ← θ + v, with g taken at
+    θ + αv. The printed box has no δ; optcore adds it inside the root as
+    Algorithm 8.5 does, and ``eps=0`` reproduces the box. ``step(closure=f)`` is
+    the exact box, ``step(grads)`` the look-ahead parametrisation (see
+    :class:`Nesterov`). States ``"r"`` and ``"v"``.
+    """
+
+    rule = 10
+    state_names = ("r", "v")
+    closure_rules = (("v", "saved"), 11, ("r", "v", "saved"))
+
+    def __init__(self, params: Params, lr: float = 1e-3, rho: float = 0.9,
+                 momentum: float = 0.9, eps: float = 1e-6, schedule: Schedule = None,
+                 momentum_schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, rho=rho, momentum=momentum, eps=eps,
+                                      schedule=schedule, momentum_schedule=momentum_schedule), **options)
+
+    def scalars(self, group, step, where):
+        rho = _unit(group, "rho", where)
+        return [1.0, _lr(group, where), rho, 1.0 - rho, _eps(group, where, allow_zero=True),
+                _unit(group, "momentum", where)]
+
+    def closure_scalars(self, group, step, where):
+        apply = self.scalars(group, step, where)
+        return [1.0, apply[5]], apply
+
+
+class Adam(Optimizer):
+    """Adam, Algorithm 8.7.
+
+    s ← ρ₁s + (1−ρ₁)g; r ← ρ₂r + (1−ρ₂)g⊙g; ŝ = s/(1−ρ₁ᵗ); r̂ = r/(1−ρ₂ᵗ);
+    θ ← θ − ε ŝ/(√r̂ + δ). ``betas`` = (ρ₁, ρ₂). Same rule as torch.optim.Adam.
+    """
+
+    rule = 12
+    state_names = ("s", "r")
+
+    def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, schedule=schedule), **options)
+
+    def scalars(self, group, step, where):
+        betas = group["betas"]
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}['betas']: expected a pair (rho1, rho2), got {betas!r}") from None
+        b1 = require_range(b1, f"{where}['betas'][0]", lo=0.0, hi=1.0, hi_open=True)
+        b2 = require_range(b2, f"{where}['betas'][1]", lo=0.0, hi=1.0, hi_open=True)
+        lr, eps = _lr(group, where), _eps(group, where)
+        bc1 = 1.0 - b1 ** step
+        bc2 = 1.0 - b2 ** step
+        return [1.0, lr / bc1, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 / math.sqrt(bc2), eps]
+
+
+class AdaDelta(Optimizer):
+    """AdaDelta (section 8.5.4; Zeiler 2012).
+
+    r ← ρr + (1−ρ)g⊙g; Δ = −√(u + δ)/√(r + δ) ⊙ g; u ← ρu + (1−ρ)Δ⊙Δ; θ ← θ + εΔ.
+    Same rule as torch.optim.Adadelta. States ``"r"`` and ``"u"``.
+    """
+
+    rule = 13
+    state_names = ("r", "u")
+
+    def __init__(self, params: Params, lr: float = 1.0, rho: float = 0.95, eps: float = 1e-6,
+                 schedule: Schedule = None, **options: Any):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, schedule=schedule), **options)
+
+    def scalars(self, group, step, where):
+        rho = _unit(group, "rho", where)
+        return [1.0, _lr(group, where), rho, 1.0 - rho, _eps(group, where)]
+
+
+class DeltaBarDelta(Optimizer):
+    """Delta-bar-delta (section 8.5; Jacobs 1988): a learning rate per parameter.
+
+    if g·d̄ > 0: η ← η + κ;  if g·d̄ < 0: η ← (1−φ)η;  θ ← θ − ηg;  d̄ ← (1−β)g + βd̄,
+    element-wise, with η starting at ``lr`` and d̄ at 0.
+
+    Full-batch only: the sign test compares successive gradients, and minibatch
+    noise flips signs at random, which drives every η towards zero.
+
+    Defaults are optcore's choice, not values from the paper (Jacobs tuned κ and
+    φ per task): κ = 1e-4 lets η grow by at most 1% of the default ε₀ per step
+    while the sign holds, φ = 0.1 cuts it by 10% on a sign change, and β = 0.7
+    averages over roughly the last three gradients. Scale κ with ``lr``.
+    Changing ``lr`` after construction has no effect (η is state).
+    """
+
+    rule = 14
+    state_names = ("eta", "dbar")
+
+    def __init__(self, params: Params, lr: float = 0.01, kappa: float = 1e-4, phi: float = 0.1,
+                 beta: float = 0.7, **options: Any):
+        super().__init__(params, dict(lr=lr, kappa=kappa, phi=phi, beta=beta), **options)
+
+    def initial_state(self, name, group):
+        return float(group["lr"]) if name == "eta" else 0.0
+
+    def scalars(self, group, step, where):
+        _lr(group, where)
+        kappa = require_range(group["kappa"], f"{where}['kappa']", lo=0.0)
+        phi = _unit(group, "phi", where, hi_open=False)
+        beta = _unit(group, "beta", where)
+        return [1.0, kappa, 1.0 - phi, beta, 1.0 - beta]
