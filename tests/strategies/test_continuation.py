@@ -110,13 +110,18 @@ def test_continuation_drives_any_optimizer_object():
     assert abs(theta[0]) < 1e-3
 
 
-def test_continuation_with_optcore_optimizer():
-    optcore = pytest.importorskip("optcore")
-    if not hasattr(optcore, "Adam"):
-        pytest.skip("optcore.Adam not available in this build")
+@pytest.mark.parametrize("name,kw,steps", [("SGD", {"lr": 0.02}, 100), ("Adam", {"lr": 0.05}, 200)])
+def test_continuation_with_optcore_optimizer(name, kw, steps):
+    import optcore
+
     theta = np.array([2.5])
+    stuck = np.array([2.5])
+    opt = getattr(optcore, name)([stuck], **kw)
+    for _ in range(5 * steps):
+        opt.step([dJ(stuck)])
+    assert abs(stuck[0]) > 0.8  # the same optimizer alone stops in a local minimum
     continuation(J, theta, geometric_sigmas(1.0, 4), grad=dJ,
-                 make_optimizer=lambda p: optcore.Adam(p, lr=0.05), steps_per_stage=200, seed=0)
+                 make_optimizer=lambda p: getattr(optcore, name)(p, **kw), steps_per_stage=steps, seed=0)
     assert abs(theta[0]) < 1e-2
 
 

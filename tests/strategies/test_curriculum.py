@@ -98,3 +98,15 @@ def test_bad_arguments():
         next(StochasticCurriculum(np.arange(5.0), 2, hard_share=lambda t: 1.5))
     with pytest.raises(ValueError, match="start_fraction"):
         DeterministicCurriculum(np.arange(5.0), 2, start_fraction=0.0)
+
+
+def test_stochastic_share_from_optcore_schedule():
+    from optcore import schedules
+
+    d = _difficulty(300, seed=6)
+    hard = d > np.median(d)
+    c = StochasticCurriculum(d, 40, hard_share=schedules.Linear(0.0, 0.8, 50), num_steps=200, seed=2)
+    frac = np.array([hard[b].mean() for b in c])
+    p = 0.8  # steps 50..199 sit on the plateau
+    assert abs(frac[50:].mean() - p) <= 4 * np.sqrt(p * (1 - p) / (150 * 40))
+    assert frac[0] == 0.0

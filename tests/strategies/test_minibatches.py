@@ -108,3 +108,13 @@ def test_bad_arguments():
         GrowingBatchSampler(10, 4)
     with pytest.raises(ValueError, match="schedule"):
         next(GrowingBatchSampler(10, lambda t: float("nan")))
+
+
+def test_growing_batch_with_optcore_schedule():
+    from optcore import schedules
+
+    sched = schedules.Linear(4, 64, 20)  # 4 -> 64 over 20 steps, then 64
+    s = GrowingBatchSampler(500, sched, num_steps=30, seed=0)
+    sizes = [len(b) for b in s]
+    assert sizes == [int(round(4 + 60 * min(t / 20, 1.0))) for t in range(30)]
+    assert sizes[0] == 4 and sizes[-1] == 64
