@@ -110,3 +110,12 @@ def test_stochastic_share_from_optcore_schedule():
     p = 0.8  # steps 50..199 sit on the plateau
     assert abs(frac[50:].mean() - p) <= 4 * np.sqrt(p * (1 - p) / (150 * 40))
     assert frac[0] == 0.0
+
+
+def test_deterministic_pass_has_no_repeats_while_pool_grows():
+    # pool 20, 28, ..., 60 at steps 0..5, batch 10: 60 draws from 60 admitted examples; the
+    # pass never repeats one (newly admitted examples join the pass instead of restarting it)
+    d = _difficulty(100, seed=7)
+    c = DeterministicCurriculum(d, 10, start_fraction=0.2, total_steps=10, num_steps=6, seed=0)
+    idx = np.concatenate(list(c))
+    assert len(np.unique(idx)) == len(idx) == 60

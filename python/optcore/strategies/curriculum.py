@@ -3,9 +3,10 @@
 Both samplers work from a per-example ``difficulty`` score (higher is harder) and yield
 1-D ``numpy.int64`` index arrays, one minibatch per step.
 
-- :class:`DeterministicCurriculum`: easy to hard. At step ``t`` batches are drawn (each
-  pool visited in reshuffled passes) from the easiest ``fraction(t)`` of the data; the
-  fraction grows from ``start_fraction`` to 1 over ``total_steps`` (or follows a callable).
+- :class:`DeterministicCurriculum`: easy to hard. At step ``t`` batches are drawn from the
+  easiest ``fraction(t)`` of the data in reshuffled passes (examples admitted as the pool
+  grows join the current pass); the fraction grows from ``start_fraction`` to 1 over
+  ``total_steps`` (or follows any callable).
 - :class:`StochasticCurriculum` (Zaremba & Sutskever 2014): every batch is a random mix of
   easy and hard examples; each slot is hard with probability ``hard_share(t)``, which
   grows over time, so the average share of hard examples rises while easy ones keep
@@ -115,6 +116,11 @@ class DeterministicCurriculum:
             raise StopIteration
         m = self.pool_size(self.step)
         bs = min(self.batch_size, m)
+        if m > self._pool_size >= 0:
+            # the pool grew: the newly admitted (harder) examples join the current pass
+            grown = np.concatenate([self._queue, self.ranked[self._pool_size:m]])
+            self._queue = grown[self.rng.permutation(grown.shape[0])]
+            self._pool_size = m
         if m != self._pool_size or self._queue.shape[0] < bs:
             # a new pass over the current pool (reshuffled)
             self._pool_size = m
