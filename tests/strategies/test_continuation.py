@@ -134,5 +134,7 @@ def test_bad_arguments():
         BlurredObjective(J, -1.0)
     with pytest.raises(ValueError, match="n_samples"):
         BlurredObjective(J, 1.0, n_samples=0)
+    with pytest.raises(TypeError, match="theta0"):
+        continuation(J, np.zeros(1, dtype=np.int64), [1.0, 0.0], grad=dJ)
     with pytest.raises(ValueError, match="steps_per_stage"):
         continuation(J, np.zeros(1), [1.0, 0.0], grad=dJ, steps_per_stage=[1])

@@ -24,7 +24,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 
 from .. import _arrays
-from ._xp import namespace, to_float
+from ._xp import namespace
 
 __all__ = ["BlurredObjective", "continuation", "geometric_sigmas", "ContinuationResult"]
 
@@ -192,6 +192,9 @@ def continuation(fun: Callable[[Any], float], theta0: Any, sigmas: Sequence[floa
     if any(s < 0 for s in steps):
         raise ValueError("steps_per_stage: expected non-negative counts")
     lr = _arrays.require_range(lr, "lr", lo=0.0, lo_open=True)
+    if getattr(getattr(theta0, "dtype", None), "kind", None) != "f":
+        raise TypeError(f"theta0: expected a floating-point array (updated in place), "
+                        f"got {type(theta0).__qualname__}")
     theta = theta0
     rng = np.random.default_rng(seed)
     result = ContinuationResult(x=theta, fun=float("nan"), sigmas=sig)

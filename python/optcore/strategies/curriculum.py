@@ -14,7 +14,7 @@ Both samplers work from a per-example ``difficulty`` score (higher is harder) an
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
