@@ -24,3 +24,4 @@ from .normalization import BatchNorm, batch_norm, batch_norm_backward  # noqa: E
 from .second_order import BFGS, CG, LBFGS, Newton, NonlinearCG, OptimizeResult, minimize  # noqa: E402
 __all__ += ["minimize", "OptimizeResult", "LBFGS", "BFGS", "CG", "NonlinearCG", "Newton"]
 from . import init, nn  # noqa: E402  (SPEC §4 initialisation, §5 network module)
+from . import diagnostics, strategies  # noqa: E402,F401  (SPEC §5)
