@@ -3,6 +3,7 @@
 // queries used by tests and by optcore.backend().
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <optional>
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -58,8 +59,17 @@ class CudaUpdatePlan {
  public:
   CudaUpdatePlan(int rule, const std::vector<uintptr_t>& thetas, const std::vector<int64_t>& numels,
                  const std::vector<int>& dtypes, const std::vector<std::vector<uintptr_t>>& states,
-                 int device_id, int64_t chunk_elements)
+                 int device_id, int64_t chunk_elements,
+                 const std::optional<std::vector<int>>& grad_dtypes,
+                 const std::optional<std::vector<uintptr_t>>& averages,
+                 const std::optional<std::vector<uintptr_t>>& model_copies)
       : rule_(rule) {
+    // The fused average and the float32-master copy are CPU-only so far: refuse
+    // them here rather than run a kernel that would ignore them.
+    if (averages) throw py::value_error("averages: the fused parameter average is not in the CUDA executor yet");
+    if (model_copies) throw py::value_error("model_copies: float32 master weights are not in the CUDA executor yet");
+    if (grad_dtypes && *grad_dtypes != dtypes)
+      throw py::value_error("grad_dtypes: gradients must match their parameters' dtypes on CUDA");
     const RuleTraitsRow& traits = rule_traits(rule);
     const size_t n = thetas.size();
     if (numels.size() != n || dtypes.size() != n)
@@ -86,7 +96,9 @@ class CudaUpdatePlan {
         t.states[k] = k < traits.states ? reinterpret_cast<void*>(states[k][i]) : nullptr;
       t.numel = numels[i];
       t.dtype = dtypes[i];
-      t.padding = 0;
+      t.grad_dtype = dtypes[i];
+      t.average = nullptr;
+      t.model_copy = nullptr;
       if (numels[i] > 0) {
         if (!thetas[i]) throw py::value_error("thetas: null pointer for tensor " + std::to_string(i));
         for (int k = 0; k < traits.states; ++k)
@@ -158,9 +170,13 @@ void bind_update(py::module_& m) {
       "recorded into the graph with its own staging buffer; set_graph_scalars(scalars, stream)\n"
       "changes the scalars later replays on that stream use.")
       .def(py::init<int, const std::vector<uintptr_t>&, const std::vector<int64_t>&,
-                    const std::vector<int>&, const std::vector<std::vector<uintptr_t>>&, int, int64_t>(),
+                    const std::vector<int>&, const std::vector<std::vector<uintptr_t>>&, int, int64_t,
+                    const std::optional<std::vector<int>>&, const std::optional<std::vector<uintptr_t>>&,
+                    const std::optional<std::vector<uintptr_t>>&>(),
            py::arg("rule"), py::arg("thetas"), py::arg("numels"), py::arg("dtypes"),
-           py::arg("states"), py::arg("device_id"), py::arg("chunk_elements") = 65536)
+           py::arg("states"), py::arg("device_id"), py::arg("chunk_elements") = 65536,
+           py::kw_only(), py::arg("grad_dtypes") = py::none(), py::arg("averages") = py::none(),
+           py::arg("model_copies") = py::none())
       .def("step", &CudaUpdatePlan::step, py::arg("grads"), py::arg("scalars"),
            py::arg("stream") = 0)
       .def("set_graph_scalars", &CudaUpdatePlan::set_graph_scalars, py::arg("scalars"),

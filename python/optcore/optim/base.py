@@ -149,6 +149,11 @@ class Optimizer:
                                    "module (rebuild with nvcc available, OPTCORE_CUDA=ON)")
             if cuda.device_count() <= 0:
                 raise RuntimeError(f"{names[0]}: a CUDA array, but no CUDA device is visible")
+            for option, value in (("max_grad_norm", max_grad_norm), ("average", average),
+                                  ("master_weights", master_weights or None)):
+                if value is not None:
+                    raise NotImplementedError(f"{option}: not in the CUDA executor yet "
+                                              "(CPU parameters only)")
         A.require_no_overlap(self._views, names)
         for gi, group in enumerate(self.param_groups):
             self._validate_static(group, f"param_groups[{gi}]")
@@ -256,6 +261,8 @@ class Optimizer:
         The loss returned by the closure, if any.
         """
         inv_scale = 1.0
+        if grad_scale is not None and self._device[0] == "cuda":
+            raise NotImplementedError("grad_scale: not in the CUDA executor yet (CPU parameters only)")
         if grad_scale is not None:
             inv_scale = 1.0 / A.require_range(grad_scale, "grad_scale", lo=0.0, lo_open=True)
         if closure is not None:
