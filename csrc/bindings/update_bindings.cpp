@@ -15,6 +15,7 @@
 #include "bindings/registry.h"
 #include "cpu/update_executor.h"
 #include "optcore/dtypes.h"
+#include "bindings/rule_traits.h"
 #include "optcore/rules/all.h"
 
 namespace py = pybind11;
@@ -22,22 +23,6 @@ namespace py = pybind11;
 namespace optcore {
 namespace bindings {
 namespace {
-
-struct RuleTraitsRow {
-  int states;
-  bool reads_grad;
-  const char* name;
-};
-
-const RuleTraitsRow& rule_traits(int rule) {
-  static const RuleTraitsRow table[kRuleCount] = {
-#define OPTCORE_TRAITS_ROW(id, Rule) {RuleInfo<Rule>::states, RuleInfo<Rule>::reads_grad, #Rule},
-      OPTCORE_FOR_EACH_RULE(OPTCORE_TRAITS_ROW)
-#undef OPTCORE_TRAITS_ROW
-  };
-  if (rule < 0 || rule >= kRuleCount) throw py::value_error("rule: unknown rule id " + std::to_string(rule));
-  return table[rule];
-}
 
 // Below this many elements a step runs on one thread: waking a team costs more.
 constexpr int64_t kParallelThreshold = int64_t(1) << 15;

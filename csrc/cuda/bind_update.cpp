@@ -16,6 +16,7 @@
 #include "bindings/registry.h"
 #include "cuda/update.h"
 #include "optcore/plan_types.h"
+#include "bindings/rule_traits.h"
 #include "optcore/rules/all.h"
 #include "optcore/step_scalars.h"
 
@@ -24,22 +25,6 @@ namespace py = pybind11;
 namespace optcore {
 namespace bindings {
 namespace {
-
-struct RuleTraitsRow {
-  int states;
-  bool reads_grad;
-  const char* name;
-};
-
-const RuleTraitsRow& rule_traits(int rule) {
-  static const RuleTraitsRow table[kRuleCount] = {
-#define OPTCORE_TRAITS_ROW(id, Rule) {RuleInfo<Rule>::states, RuleInfo<Rule>::reads_grad, #Rule},
-      OPTCORE_FOR_EACH_RULE(OPTCORE_TRAITS_ROW)
-#undef OPTCORE_TRAITS_ROW
-  };
-  if (rule < 0 || rule >= kRuleCount) throw py::value_error("rule: unknown rule id " + std::to_string(rule));
-  return table[rule];
-}
 
 StepScalars to_scalars(const std::vector<double>& scalars) {
   if (scalars.size() > static_cast<size_t>(kMaxScalars))
