@@ -89,7 +89,7 @@ class Momentum(Optimizer):
         return [1.0, _lr(group, where), _unit(group, "momentum", where)]
 
 
-class Nesterov(Optimizer):
+class Nesterov(Momentum):
     """Nesterov momentum, Algorithm 8.3 (eqs. 8.21–8.22).
 
     ``step(closure=f)`` is the exact box: the gradient is evaluated at
@@ -101,17 +101,7 @@ class Nesterov(Optimizer):
     b ← αb + g; θ ← θ − ε(g + αb).
     """
 
-    state_names = ("v",)
     closure_rules = (("v", "saved"), 6, ("v", "saved"))
-
-    def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.9,
-                 convention: str = "book", schedule: Schedule = None,
-                 momentum_schedule: Schedule = None, **options: Any):
-        super().__init__(params, dict(lr=lr, momentum=momentum, convention=convention,
-                                      schedule=schedule, momentum_schedule=momentum_schedule), **options)
-
-    def _validate_static(self, group, where):
-        _check_convention(group, where)
 
     def rule_for(self, group):
         return 4 if group["convention"] == "torch" else 3
@@ -119,9 +109,6 @@ class Nesterov(Optimizer):
     def _uses_exact_closure(self, group) -> bool:
         # torch's form is itself a look-ahead parametrisation: a closure just supplies g.
         return group["convention"] == "book"
-
-    def scalars(self, group, step, where):
-        return [1.0, _lr(group, where), _unit(group, "momentum", where)]
 
     def closure_scalars(self, group, step, where):
         lr, alpha = _lr(group, where), _unit(group, "momentum", where)
