@@ -161,9 +161,11 @@ def assert_close_theta(got, want: np.ndarray, dtype: str, what: str = "theta",
 
 
 def assert_close_state(opt, i: int, r, dtype: str) -> None:
+    """Each state of param ``i`` against the reference's, to ``state_tol`` relative and
+    ``state_tol`` times the largest magnitude that state has held (its error scale)."""
     rtol, atol = state_tol(dtype)
     for name, want in r.state().items():
         got = to64(opt.state[i][name]).reshape(np.shape(want))
-        scale = float(np.max(np.abs(want))) if np.size(want) else 0.0
+        scale = r.state_peak(name)
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * max(scale, 1e-30),
                                    err_msg=f"state {name!r} of param {i}")

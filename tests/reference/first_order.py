@@ -26,11 +26,25 @@ class _Rule:
     state_names: tuple = ()
 
     def __init__(self, shape) -> None:
+        self._peak: Dict[str, float] = {}
         for name in self.state_names:
             setattr(self, name, np.zeros(shape, F64))
 
+    def __setattr__(self, name, value) -> None:
+        # Record the largest |value| each state has held: rounding errors in a
+        # state scale with the terms that built it, not with its current value,
+        # which can cancel to near zero (an EMA of random-sign gradients).
+        if name in self.state_names and np.size(value):
+            peak = float(np.max(np.abs(value)))
+            self._peak[name] = max(self._peak.get(name, 0.0), peak)
+        super().__setattr__(name, value)
+
     def state(self) -> Dict[str, np.ndarray]:
         return {n: getattr(self, n) for n in self.state_names}
+
+    def state_peak(self, name: str) -> float:
+        """Largest |element| the state ``name`` has held so far (0 for empty states)."""
+        return self._peak.get(name, 0.0)
 
 
 class SGD(_Rule):
