@@ -56,7 +56,8 @@ def main(argv: List[str] = None) -> int:
         for name in sorted(suites):
             print(f"{name:20s} {getattr(load(name), 'DESCRIPTION', '')}")
         return 0 if args.list else 2
-    names = sorted(suites) if "all" in args.suite else args.suite
+    # Suites are modules, so a name such as training-loop is the module training_loop.
+    names = sorted(suites) if "all" in args.suite else [n.replace("-", "_") for n in args.suite]
     for name in names:
         if name not in suites:
             raise SystemExit(f"--suite: unknown suite {name!r}; available: {', '.join(sorted(suites))}")

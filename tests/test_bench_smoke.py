@@ -136,3 +136,57 @@ def test_numpy_reference_matches_optcore():
             opt.step([g])
             ref.step([g])
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=rule)
+
+
+# ---------------------------------------------------------------- training-loop suite
+def test_training_loop_suite_quick(tmp_path, capsys):
+    from bench.__main__ import main
+    from bench.suites import training_loop
+    path = tmp_path / "tl.json"
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert main(["--suite", "training-loop", "--quick", "--json", str(path)]) == 0
+    finally:
+        os.chdir(cwd)
+    assert "bytes_ratio" in capsys.readouterr().out
+    rows = json.loads(path.read_text())["rows"]
+    for case, _ in training_loop.cases(True):
+        got = {r["impl"]: r for r in rows if r["case"] == case}
+        for impl in ("probe plain", "optcore Adam", "probe clip+ema", "optcore Adam+clip+ema",
+                     "torch Adam(fused)", "torch clip+Adam(fused)+lerp"):
+            assert got[impl]["median_ms"] > 0, (case, impl)
+        fused = got["optcore Adam+clip+ema"]
+        assert fused["bytes_ratio"] > 0 and fused["x_torch"] > 0 and fused["probe_pct"] > 0
+
+
+def test_training_loop_torch_chain_is_the_same_work():
+    """torch's clip_grad_norm_ + fused Adam + _foreach_lerp_ chain computes what optcore's
+    Adam(max_grad_norm=, average="ema") does in one pass: same parameters and averages."""
+    torch = pytest.importorskip("torch")
+    import optcore
+    from bench.suites import training_loop as tl
+    rng = np.random.default_rng(5)
+    sizes = [1000, 37, 4096]
+    theta = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    ours = [t.copy() for t in theta]
+    theirs = [t.copy() for t in theta]
+    grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    max_norm = tl._max_norm(grads)
+    opt = optcore.Adam(ours, **tl.ADAM, max_grad_norm=max_norm, average="ema",
+                       average_decay=tl.EMA_DECAY)
+    tgrads = [g.copy() for g in grads]
+    step, note, averages = tl._torch_chain(theirs, tgrads, max_norm, ema=True)
+    assert step is not None, note
+    for _ in range(4):
+        fresh = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+        for tg, g in zip(tgrads, fresh):
+            tg[...] = g
+        opt.step(fresh)
+        step()
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(opt.averaged_params(), averages):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.any(ours[0] != theta[0])
+    assert opt.last_grad_norm > max_norm  # every step clipped
