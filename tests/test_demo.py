@@ -1,8 +1,6 @@
 """Smoke test of ``python -m optcore demo`` at a tiny size."""
 import io
 import json
-import os
-import sys
 
 import pytest
 
@@ -12,14 +10,6 @@ pytest.importorskip("matplotlib", reason="the demo needs matplotlib (pip install
 import optcore  # noqa: E402
 from optcore import demo  # noqa: E402
 from optcore.__main__ import main  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "nn"))
-import _bn_shim  # noqa: E402  (private test shim until the batch-norm kernels are merged)
-
-
-@pytest.fixture(autouse=True)
-def batch_norm_kernels(monkeypatch):
-    return "shim" if _bn_shim.install_if_missing(monkeypatch) else "optcore"
 
 
 def test_run_demo_tiny_writes_table_png_and_json(tmp_path):

@@ -1,6 +1,4 @@
 """Supervised pretraining (section 8.7.4): greedy, Yu et al. stacking, transfer, FitNets."""
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -8,14 +6,6 @@ import pytest
 import optcore
 from optcore import nn
 from optcore.strategies import pretraining as P
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "nn"))
-import _bn_shim  # noqa: E402  (private test shim until the batch-norm kernels are merged)
-
-
-@pytest.fixture(autouse=True)
-def batch_norm_kernels(monkeypatch):
-    return "shim" if _bn_shim.install_if_missing(monkeypatch) else "optcore"
 
 
 def _data(seed):

@@ -16,6 +16,7 @@ from typing import Any, Callable, List, Optional, Union
 import numpy as np
 
 from .. import init as _init
+from ..normalization import batch_norm, batch_norm_backward
 
 
 def _module_of(a: Any) -> Any:
@@ -205,16 +206,6 @@ class Sigmoid(Layer):
         return dy * self._y * (1 - self._y)
 
 
-def _batch_norm_kernels():
-    import optcore  # the package, so kernels registered on it are found at call time
-    fwd = getattr(optcore, "batch_norm", None)
-    bwd = getattr(optcore, "batch_norm_backward", None)
-    if fwd is None or bwd is None:
-        raise RuntimeError("BatchNorm: this optcore build has no optcore.batch_norm / "
-                           "optcore.batch_norm_backward kernels")
-    return fwd, bwd
-
-
 class BatchNorm(Layer):
     """Batch normalisation of a (batch, features) activation (section 8.7.1).
 
@@ -267,7 +258,6 @@ class BatchNorm(Layer):
     def forward(self, x: Any, training: bool = True) -> Any:
         if x.ndim != 2 or x.shape[1] != self.n:
             raise ValueError(f"x: expected shape (batch, {self.n}), got {tuple(x.shape)}")
-        fwd, _ = _batch_norm_kernels()
         x = self.xp.ascontiguousarray(x)
         momentum = self.momentum
         if training:
@@ -275,9 +265,9 @@ class BatchNorm(Layer):
             if momentum is None:
                 # cumulative average: the k-th batch enters with weight 1/k
                 momentum = 1.0 / self.num_batches_tracked
-        y, saved = fwd(x, self.gamma, self.beta, self.running_mean, self.running_var,
-                       training=training, momentum=momentum, eps=self.eps, layout="NC",
-                       **self._kernel_kw)
+        y, saved = batch_norm(x, self.gamma, self.beta, self.running_mean, self.running_var,
+                              training=training, momentum=momentum, eps=self.eps, layout="NC",
+                              **self._kernel_kw)
         self._x, self._saved, self._training = x, saved, training
         return y
 
@@ -286,9 +276,8 @@ class BatchNorm(Layer):
         if not self._training:
             raise RuntimeError("BatchNorm.backward: the last forward ran with training=False; "
                                "back-propagation needs the batch statistics of a training pass")
-        _, bwd = _batch_norm_kernels()
-        dx, dgamma, dbeta = bwd(self.xp.ascontiguousarray(dy), self._x, self.gamma, self._saved,
-                                layout="NC", **self._kernel_kw)
+        dx, dgamma, dbeta = batch_norm_backward(self.xp.ascontiguousarray(dy), self._x, self.gamma,
+                                                self._saved, layout="NC", **self._kernel_kw)
         self.dgamma[...] = dgamma
         self.dbeta[...] = dbeta
         return dx
