@@ -137,8 +137,11 @@ def assert_close_theta(got, want: np.ndarray, dtype: str, what: str = "theta",
     (each step rounds θ and the float32 state at 2^-24). 16-bit: ``want`` is the
     reference step taken from the stored θ (``prev``) and rounded to storage,
     so kernel and reference can differ only by one rounding boundary: one
-    storage ulp, plus the float32 arithmetic error of θ + Δ, which matters
-    only where the sum cancels (1e-6 of |θ| + |Δ|).
+    storage ulp, plus the float32 error of θ + Δ, which matters only where the
+    sum cancels. That error is the float32 arithmetic of the step (a few
+    2^-24) and the drift of the kernel's float32 state from the reference's
+    float64 state, up to about k·2^-24 relative after k steps (1.2e-6 at 20):
+    4e-6 of |θ| + |Δ|. A wrong update is off by the order of |Δ| itself.
     """
     got = to64(got).reshape(want.shape)
     if dtype == "float64":
@@ -150,7 +153,7 @@ def assert_close_theta(got, want: np.ndarray, dtype: str, what: str = "theta",
         tol = ulp(np.maximum(np.abs(got), np.abs(want)), dtype)
         if prev is not None:
             prev = np.asarray(prev).reshape(want.shape)
-            tol = tol + 1e-6 * (np.abs(prev) + np.abs(want - prev))
+            tol = tol + 4e-6 * (np.abs(prev) + np.abs(want - prev))
         bad = ~(err <= tol)
         if bad.any():
             i = int(np.flatnonzero(bad.ravel())[0])
