@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -155,52 +156,94 @@ class UpdatePlan {
 // numpy's flag bits (numpy/ndarraytypes.h).
 constexpr int kNpyCContiguous = 0x0001;
 constexpr int kNpyAligned = 0x0100;
-constexpr int kNpyWriteable = 0x0400;
 
-enum ViewFlags : int32_t { kContiguous = 1, kWriteable = 2, kAligned = 4 };
-
-// For a list of numpy arrays: data pointers, element counts, dtype codes
-// (-1 if unsupported), flags and a hash of the shape. Returns None as soon as
-// an item is not a numpy array, so the caller takes its general path.
-py::object inspect_numpy(const py::list& items) {
-  const py::ssize_t n = static_cast<py::ssize_t>(items.size());
-  py::array_t<uint64_t> ptrs(n);
-  py::array_t<int64_t> numels(n);
-  py::array_t<int32_t> codes(n);
-  py::array_t<int32_t> flags(n);
-  py::array_t<uint64_t> shapes(n);
-  auto P = ptrs.mutable_unchecked<1>();
-  auto N = numels.mutable_unchecked<1>();
-  auto C = codes.mutable_unchecked<1>();
-  auto F = flags.mutable_unchecked<1>();
-  auto S = shapes.mutable_unchecked<1>();
-  for (py::ssize_t i = 0; i < n; ++i) {
-    py::handle h = items[static_cast<size_t>(i)];
-    if (!py::isinstance<py::array>(h)) return py::none();
-    auto a = py::reinterpret_borrow<py::array>(h);
-    P(i) = reinterpret_cast<uint64_t>(a.data());
-    N(i) = static_cast<int64_t>(a.size());
-    const py::dtype dt = a.dtype();
-    int code = -1;
-    if (dt.kind() == 'f') {
-      switch (dt.itemsize()) {
-        case 4: code = 0; break;
-        case 8: code = 1; break;
-        case 2: code = 2; break;
-        default: break;
+// The per-step check of a gradient list against a fixed parameter list, for
+// numpy inputs, in one pass without Python objects per item: every item must
+// be an ndarray with the expected dtype code and shape, C-contiguous and
+// aligned, and its bytes must not overlap a buffer the step writes (the
+// parameters and the optimizer's own buffers: disjoint ranges, sorted). It
+// returns the data pointers, or None at the first item that fails, so the
+// caller's general path can name that item and what was wrong with it.
+class NumpyGradChecker {
+ public:
+  NumpyGradChecker(const std::vector<int>& codes, const std::vector<std::vector<int64_t>>& shapes,
+                   const std::vector<uint64_t>& written_starts,
+                   const std::vector<uint64_t>& written_ends)
+      : codes_(codes), starts_(written_starts), ends_(written_ends) {
+    if (shapes.size() != codes.size())
+      throw py::value_error("shapes: expected one shape per dtype code");
+    if (starts_.size() != ends_.size())
+      throw py::value_error("written_ends: expected one end per start");
+    for (size_t i = 1; i < starts_.size(); ++i)
+      if (starts_[i] < ends_[i - 1])
+        throw py::value_error("written_starts: ranges must be sorted and disjoint");
+    dims_offset_.reserve(shapes.size() + 1);
+    dims_offset_.push_back(0);
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      int64_t numel = 1;
+      for (int64_t d : shapes[i]) {
+        dims_.push_back(d);
+        numel *= d;
       }
+      dims_offset_.push_back(dims_.size());
+      nbytes_.push_back(static_cast<uint64_t>(numel) * static_cast<uint64_t>(itemsize(codes[i])));
     }
-    C(i) = code;
-    const int f = a.flags();
-    F(i) = ((f & kNpyCContiguous) ? kContiguous : 0) | ((f & kNpyWriteable) ? kWriteable : 0) |
-           ((f & kNpyAligned) ? kAligned : 0);
-    uint64_t hash = 1469598103934665603ull ^ static_cast<uint64_t>(a.ndim());
-    for (py::ssize_t d = 0; d < a.ndim(); ++d)
-      hash = (hash ^ static_cast<uint64_t>(a.shape(d))) * 1099511628211ull;
-    S(i) = hash;
   }
-  return py::make_tuple(ptrs, numels, codes, flags, shapes);
-}
+
+  py::object pointers(const py::list& items) {
+    const size_t n = codes_.size();
+    if (static_cast<size_t>(items.size()) != n) return py::none();
+    py::array_t<uint64_t> out(static_cast<py::ssize_t>(n));
+    uint64_t* ptrs = out.mutable_data();
+    for (size_t i = 0; i < n; ++i) {
+      py::handle h = items[i];
+      if (!py::isinstance<py::array>(h)) return py::none();
+      const auto* a = py::detail::array_proxy(h.ptr());
+      if ((a->flags & (kNpyCContiguous | kNpyAligned)) != (kNpyCContiguous | kNpyAligned))
+        return py::none();
+      const int64_t nd = dims_offset_[i + 1] - dims_offset_[i];
+      if (a->nd != nd) return py::none();
+      for (int64_t d = 0; d < nd; ++d)
+        if (a->dimensions[d] != dims_[dims_offset_[i] + d]) return py::none();
+      if (dtype_code(py::reinterpret_borrow<py::dtype>(a->descr)) != codes_[i]) return py::none();
+      ptrs[i] = reinterpret_cast<uint64_t>(a->data);
+    }
+    // The written ranges are fixed, so pointers validated last step need no new search.
+    if (last_.size() == n && std::equal(last_.begin(), last_.end(), ptrs)) return out;
+    for (size_t i = 0; i < n; ++i)
+      if (overlaps_written(ptrs[i], ptrs[i] + nbytes_[i])) return py::none();
+    last_.assign(ptrs, ptrs + n);
+    return out;
+  }
+
+ private:
+  static int itemsize(int code) { return code == 1 ? 8 : code == 0 ? 4 : 2; }
+  static int dtype_code(const py::dtype& dt) {
+    if (dt.kind() != 'f') return -1;
+    switch (dt.itemsize()) {
+      case 4: return 0;
+      case 8: return 1;
+      case 2: return 2;
+      default: return -1;
+    }
+  }
+  // Written ranges are disjoint and sorted: only the last one starting before
+  // `end` can overlap [begin, end).
+  bool overlaps_written(uint64_t begin, uint64_t end) const {
+    if (end <= begin) return false;
+    auto it = std::lower_bound(starts_.begin(), starts_.end(), end);
+    if (it == starts_.begin()) return false;
+    const size_t k = static_cast<size_t>(it - starts_.begin()) - 1;
+    return ends_[k] > begin;
+  }
+
+  std::vector<int> codes_;
+  std::vector<int64_t> dims_;
+  std::vector<size_t> dims_offset_;
+  std::vector<uint64_t> nbytes_;
+  std::vector<uint64_t> starts_, ends_;
+  std::vector<uint64_t> last_;
+};
 
 void bind_update(py::module_& m) {
   py::class_<UpdatePlan>(m, "UpdatePlan",
@@ -227,7 +270,11 @@ void bind_update(py::module_& m) {
   m.attr("RULE_COUNT") = kRuleCount;
   m.attr("MAX_SCALARS") = kMaxScalars;
 
-  m.def("inspect_numpy", &inspect_numpy, py::arg("items"));
+  py::class_<NumpyGradChecker>(m, "NumpyGradChecker")
+      .def(py::init<const std::vector<int>&, const std::vector<std::vector<int64_t>>&,
+                    const std::vector<uint64_t>&, const std::vector<uint64_t>&>(),
+           py::arg("codes"), py::arg("shapes"), py::arg("written_starts"), py::arg("written_ends"))
+      .def("pointers", &NumpyGradChecker::pointers, py::arg("items"));
 
   // Test hooks for the 16-bit conversions in csrc/optcore/dtypes.h.
   m.def("_float_to_storage", [](py::array_t<float, py::array::c_style> src, int code) {

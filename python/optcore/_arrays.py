@@ -23,9 +23,6 @@ ITEMSIZE = {0: 4, 1: 8, 2: 2, 3: 2}
 #: optimizer state dtype for each parameter dtype: float32 for 16-bit storage
 STATE_DTYPE = {0: "float32", 1: "float64", 2: "float32", 3: "float32"}
 
-_FLAG_CONTIGUOUS, _FLAG_WRITEABLE, _FLAG_ALIGNED = 1, 2, 4
-
-
 @dataclass(frozen=True)
 class View:
     """A validated, framework-free description of one array."""
@@ -232,15 +229,6 @@ def current_stream(v: View) -> int:
     return 0
 
 
-def shape_hash(shape: Tuple[int, ...]) -> int:
-    """The same hash as inspect_numpy computes (FNV-1a over ndim and dims)."""
-    mask = (1 << 64) - 1
-    h = 1469598103934665603 ^ len(shape)
-    for d in shape:
-        h = ((h ^ d) * 1099511628211) & mask
-    return h
-
-
 def empty_like_state(v: View, dtype_name: str, numel: int):
     """A zeroed buffer of ``numel`` elements on the same device/framework as ``v``."""
     if v.framework == "numpy":
@@ -290,29 +278,28 @@ def copy_into(dst: Any, src: Any) -> None:
 class FastChecker:
     """Per-step gradient checks for a fixed parameter list, in the cheapest form each
     framework allows. ``pointers(items)`` returns the data pointers when every item
-    matches its parameter (type, dtype, shape, device, C-contiguous), else None, and
-    the caller takes the general path, which names the first offending argument."""
+    matches its parameter (type, dtype, shape, device, C-contiguous) and none overlaps
+    a ``written`` range, else None, and the caller takes the general path, which
+    names the first offending argument."""
 
-    def __init__(self, views: Sequence[View]):
+    def __init__(self, views: Sequence[View], written: Intervals):
         frameworks = {v.framework for v in views}
         self.kind = frameworks.pop() if len(frameworks) == 1 else "mixed"
-        self.codes = np.array([v.dtype for v in views], dtype=np.int32)
-        self.shape_hashes = np.array([shape_hash(v.shape) for v in views], dtype=np.uint64)
-        if self.kind == "torch":
+        self.written = written
+        self.nbytes = np.array([v.nbytes for v in views], dtype=np.uint64)
+        if self.kind == "numpy":
+            # one C++ pass over the list: dtype, shape, flags and aliasing
+            self.numpy = _core.NumpyGradChecker([v.dtype for v in views], [list(v.shape) for v in views],
+                                                [int(x) for x in written.starts],
+                                                [int(x) for x in written.ends])
+        elif self.kind == "torch":
             self.meta = [(v.obj.dtype, v.obj.shape, v.obj.device) for v in views]
         elif self.kind == "cupy":
             self.meta = [(v.obj.dtype, v.shape, v.device_id) for v in views]
 
     def pointers(self, items: list) -> Optional[np.ndarray]:
         if self.kind == "numpy":
-            fast = _core.inspect_numpy(items)
-            if fast is None:
-                return None
-            ptrs, _, codes, flags, hashes = fast
-            ok = (np.array_equal(codes, self.codes) and np.array_equal(hashes, self.shape_hashes)
-                  and bool(np.all((flags & (_FLAG_CONTIGUOUS | _FLAG_ALIGNED))
-                                  == (_FLAG_CONTIGUOUS | _FLAG_ALIGNED))))
-            return ptrs if ok else None
+            return self.numpy.pointers(items)
         if self.kind == "torch":
             torch = _torch_module()
             ptrs = []
@@ -321,8 +308,7 @@ class FastChecker:
                         or g.device != dev or g.is_sparse or not g.is_contiguous():
                     return None
                 ptrs.append(g.data_ptr())
-            return np.array(ptrs, dtype=np.uint64)
-        if self.kind == "cupy":
+        elif self.kind == "cupy":
             cupy = _cupy_module()
             ptrs = []
             for g, (dt, shape, dev) in zip(items, self.meta):
@@ -330,8 +316,11 @@ class FastChecker:
                         or g.device.id != dev or not g.flags.c_contiguous:
                     return None
                 ptrs.append(g.data.ptr)
-            return np.array(ptrs, dtype=np.uint64)
-        return None
+        else:
+            return None
+        out = np.array(ptrs, dtype=np.uint64)
+        bad, _ = self.written.first_overlap(out, out + self.nbytes)
+        return out if bad < 0 else None
 
 
 def empty_array(v: View, shape: Tuple[int, ...], dtype_name: Optional[str] = None):

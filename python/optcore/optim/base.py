@@ -192,11 +192,7 @@ class Optimizer:
         self._steps = [0] * len(self.param_groups)
         self._offsets = np.cumsum([0] + [len(g["params"]) for g in self.param_groups])
         self._plans: Dict[Tuple[int, int], _GroupPlan] = {}
-        self._written = A.Intervals(list(self._written_views()),
-                                    names + ["optimizer state"] * (len(list(self._written_views())) - len(names)))
-        self._numels = np.array([v.numel for v in self._views], dtype=np.int64)
-        self._itemsizes = np.array([A.ITEMSIZE[v.dtype] for v in self._views], dtype=np.uint64)
-        self._fast_checker = A.FastChecker(self._views)
+        self._build_checks()
 
     # ------------------------------------------------------------------ subclass hooks
     def rule_for(self, group: Dict[str, Any]) -> int:
@@ -495,12 +491,15 @@ class Optimizer:
             raise ValueError(f"grads: expected {len(self._flat)} gradients (one per parameter), "
                              f"got {len(items)}")
         ptrs = self._fast_checker.pointers(items)
-        if ptrs is not None:
-            ends = ptrs + self._numels.astype(np.uint64) * self._itemsizes
-            bad, _ = self._written.first_overlap(ptrs, ends)
-            if bad < 0:
-                return ptrs
-        return self._check_grads_slow(items)
+        return ptrs if ptrs is not None else self._check_grads_slow(items)
+
+    def _build_checks(self) -> None:
+        """The aliasing intervals of every buffer a step writes, and the fast gradient
+        check over them; rebuilt when the optimizer allocates a new written buffer."""
+        written = list(self._written_views())
+        self._written = A.Intervals(written, self._param_names() +
+                                    ["optimizer state"] * (len(written) - len(self._flat)))
+        self._fast_checker = A.FastChecker(self._views, self._written)
 
     def _check_grads_slow(self, items: List[Any]) -> np.ndarray:
         ptrs = np.empty(len(items), dtype=np.uint64)
@@ -543,9 +542,7 @@ class Optimizer:
         if self._scratch is None:
             self._scratch = [A.empty_like_state(v, A.STATE_DTYPE[v.dtype], v.numel)
                              for v in self._views]
-            written = list(self._written_views())
-            self._written = A.Intervals(written, self._param_names() +
-                                        ["optimizer state"] * (len(written) - len(self._flat)))
+            self._build_checks()
         for gi in range(len(self.param_groups)):
             self._plan(gi, RULE_LOOKAHEAD, lookahead_names).run(None, scalars[gi][0])
         try:
