@@ -1,6 +1,6 @@
 // Bindings of the CUDA update executor: UpdatePlan (same arguments and
-// validation as optcore._core.UpdatePlan, plus the device) and the device
-// queries used by tests and by optcore.backend().
+// validation as optcore._core.UpdatePlan, plus the device and the stream) and
+// the device queries used by tests and by optcore.backend().
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <optional>
@@ -15,6 +15,7 @@
 
 #include "bindings/registry.h"
 #include "cuda/update.h"
+#include "optcore/dtypes.h"
 #include "optcore/plan_types.h"
 #include "bindings/rule_traits.h"
 #include "optcore/rules/all.h"
@@ -49,12 +50,6 @@ class CudaUpdatePlan {
                  const std::optional<std::vector<uintptr_t>>& averages,
                  const std::optional<std::vector<uintptr_t>>& model_copies)
       : rule_(rule) {
-    // The fused average and the float32-master copy are CPU-only so far: refuse
-    // them here rather than run a kernel that would ignore them.
-    if (averages) throw py::value_error("averages: the fused parameter average is not in the CUDA executor yet");
-    if (model_copies) throw py::value_error("model_copies: float32 master weights are not in the CUDA executor yet");
-    if (grad_dtypes && *grad_dtypes != dtypes)
-      throw py::value_error("grad_dtypes: gradients must match their parameters' dtypes on CUDA");
     const RuleTraitsRow& traits = rule_traits(rule);
     const size_t n = thetas.size();
     if (numels.size() != n || dtypes.size() != n)
@@ -65,6 +60,10 @@ class CudaUpdatePlan {
                             std::to_string(states.size()));
     for (const auto& list : states)
       if (list.size() != n) throw py::value_error("UpdatePlan: every state list needs one pointer per tensor");
+    if (grad_dtypes && grad_dtypes->size() != n)
+      throw py::value_error("grad_dtypes: one per tensor");
+    if (averages && averages->size() != n) throw py::value_error("averages: one per tensor");
+    if (model_copies && model_copies->size() != n) throw py::value_error("model_copies: one per tensor");
     if (chunk_elements <= 0) throw py::value_error("chunk_elements: must be positive");
     const int devices = cuda::device_count();
     if (device_id < 0 || device_id >= devices)
@@ -75,15 +74,24 @@ class CudaUpdatePlan {
     for (size_t i = 0; i < n; ++i) {
       if (dtypes[i] < 0 || dtypes[i] > 3) throw py::value_error("dtypes: unknown dtype code");
       if (numels[i] < 0) throw py::value_error("numels: negative");
+      // The CPU plan's rules for mixed dtypes (csrc/bindings/update_bindings.cpp).
+      const int gdt = grad_dtypes ? (*grad_dtypes)[i] : dtypes[i];
+      const bool master = dtypes[i] == int(DType::F32) && (gdt == int(DType::F16) || gdt == int(DType::BF16));
+      if (gdt != dtypes[i] && !master)
+        throw py::value_error("grad_dtypes: a gradient dtype differs from its parameter's only for "
+                              "float16/bfloat16 gradients of a float32 master");
+      const uintptr_t copy = model_copies ? (*model_copies)[i] : 0;
+      if (copy && !master) throw py::value_error("model_copies: only with a float32 master and 16-bit gradients");
       PlanTensor& t = tensors[i];
       t.theta = reinterpret_cast<void*>(thetas[i]);
       for (int k = 0; k < kMaxStates; ++k)
         t.states[k] = k < traits.states ? reinterpret_cast<void*>(states[k][i]) : nullptr;
       t.numel = numels[i];
       t.dtype = dtypes[i];
-      t.grad_dtype = dtypes[i];
-      t.average = nullptr;
-      t.model_copy = nullptr;
+      t.grad_dtype = gdt;
+      t.average = averages ? reinterpret_cast<void*>((*averages)[i]) : nullptr;
+      t.model_copy = reinterpret_cast<void*>(copy);
+      has_averages_ = has_averages_ || t.average != nullptr;
       if (numels[i] > 0) {
         if (!thetas[i]) throw py::value_error("thetas: null pointer for tensor " + std::to_string(i));
         for (int k = 0; k < traits.states; ++k)
@@ -107,20 +115,30 @@ class CudaUpdatePlan {
   void step(py::object grads, const std::vector<double>& scalars, py::object stream) {
     const StepScalars s = to_scalars(scalars);
     const uintptr_t st = to_stream(stream);
-    const uint64_t* p = nullptr;
     py::array_t<uint64_t, py::array::c_style> arr;
-    if (reads_grad_) {
-      arr = py::array_t<uint64_t, py::array::c_style>::ensure(grads);
-      if (!arr || arr.ndim() != 1 || static_cast<size_t>(arr.shape(0)) != numels_.size())
-        throw py::value_error("grads: expected a uint64 array of " + std::to_string(numels_.size()) +
-                              " data pointers");
-      p = arr.data();
-      for (size_t i = 0; i < numels_.size(); ++i)
-        if (numels_[i] > 0 && p[i] == 0)
-          throw py::value_error("grads: null pointer for tensor " + std::to_string(i));
-    }
+    const uint64_t* p = reads_grad_ ? load_pointers(grads, arr) : nullptr;
     py::gil_scoped_release release;
     plan_->step(p, s, st);
+  }
+
+  // Σg² over the gradients in float64, deterministic; waits for `stream` to
+  // return it (so it cannot be captured in a CUDA graph).
+  double grad_sum_squares(py::object grads, py::object stream, int grid_size) {
+    const uintptr_t st = to_stream(stream);
+    const int grid = check_grid(grid_size);
+    py::array_t<uint64_t, py::array::c_style> arr;
+    const uint64_t* p = load_pointers(grads, arr);
+    py::gil_scoped_release release;
+    return plan_->sum_squares(p, st, grid);
+  }
+
+  // Σθ² over the plan's own tensors (standalone clip_grad_norm_ runs its
+  // ScaleRule plan over the gradients as "theta").
+  double theta_sum_squares(py::object stream, int grid_size) {
+    const uintptr_t st = to_stream(stream);
+    const int grid = check_grid(grid_size);
+    py::gil_scoped_release release;
+    return plan_->sum_squares(nullptr, st, grid);
   }
 
   void set_graph_scalars(const std::vector<double>& scalars, py::object stream) {
@@ -131,6 +149,7 @@ class CudaUpdatePlan {
   }
 
   int64_t total_elements() const { return total_; }
+  bool has_averages() const { return has_averages_; }
   size_t tensor_count() const { return numels_.size(); }
   size_t chunk_count() const { return chunk_count_; }
   int rule() const { return rule_; }
@@ -139,8 +158,30 @@ class CudaUpdatePlan {
   int block_size() const { return plan_->block_size(); }
 
  private:
+  const uint64_t* load_pointers(py::object grads, py::array_t<uint64_t, py::array::c_style>& arr) const {
+    arr = py::array_t<uint64_t, py::array::c_style>::ensure(grads);
+    if (!arr || arr.ndim() != 1 || static_cast<size_t>(arr.shape(0)) != numels_.size())
+      throw py::value_error("grads: expected a uint64 array of " + std::to_string(numels_.size()) +
+                            " data pointers");
+    const uint64_t* p = arr.data();
+    for (size_t i = 0; i < numels_.size(); ++i)
+      if (numels_[i] > 0 && p[i] == 0)
+        throw py::value_error("grads: null pointer for tensor " + std::to_string(i));
+    return p;
+  }
+
+  static int check_grid(int grid_size) {
+    if (grid_size < 0 || grid_size > kMaxReduceGrid)
+      throw py::value_error("grid_size: expected 0 (the plan's default) to " +
+                            std::to_string(kMaxReduceGrid) + ", got " + std::to_string(grid_size));
+    return grid_size;
+  }
+
+  static constexpr int kMaxReduceGrid = 1 << 16;
+
   int rule_;
   bool reads_grad_ = true;
+  bool has_averages_ = false;
   int64_t total_ = 0;
   size_t chunk_count_ = 0;
   std::vector<int64_t> numels_;
@@ -153,7 +194,10 @@ void bind_update(py::module_& m) {
       "Device-resident work decomposition of one update rule over a fixed list of CUDA tensors.\n\n"
       "step(grads, scalars, stream) launches one kernel. A step issued on a capturing stream is\n"
       "recorded into the graph with its own staging buffer; set_graph_scalars(scalars, stream)\n"
-      "changes the scalars later replays on that stream use.")
+      "changes the scalars later replays on that stream use.\n\n"
+      "grad_sum_squares(grads, stream) and theta_sum_squares(stream) return a deterministic\n"
+      "float64 sum of squares; they wait for the stream (one 8-byte device-to-host copy) and\n"
+      "refuse a capturing stream. grid_size (0: default) never changes their result.")
       .def(py::init<int, const std::vector<uintptr_t>&, const std::vector<int64_t>&,
                     const std::vector<int>&, const std::vector<std::vector<uintptr_t>>&, int, int64_t,
                     const std::optional<std::vector<int>>&, const std::optional<std::vector<uintptr_t>>&,
@@ -166,7 +210,12 @@ void bind_update(py::module_& m) {
            py::arg("stream") = 0)
       .def("set_graph_scalars", &CudaUpdatePlan::set_graph_scalars, py::arg("scalars"),
            py::arg("stream") = 0)
+      .def("grad_sum_squares", &CudaUpdatePlan::grad_sum_squares, py::arg("grads"),
+           py::arg("stream") = 0, py::kw_only(), py::arg("grid_size") = 0)
+      .def("theta_sum_squares", &CudaUpdatePlan::theta_sum_squares, py::arg("stream") = 0,
+           py::kw_only(), py::arg("grid_size") = 0)
       .def_property_readonly("total_elements", &CudaUpdatePlan::total_elements)
+      .def_property_readonly("has_averages", &CudaUpdatePlan::has_averages)
       .def_property_readonly("tensor_count", &CudaUpdatePlan::tensor_count)
       .def_property_readonly("chunk_count", &CudaUpdatePlan::chunk_count)
       .def_property_readonly("rule", &CudaUpdatePlan::rule)
@@ -185,6 +234,8 @@ void bind_update(py::module_& m) {
   m.def("runtime_version", &cuda::runtime_version);
   m.def("driver_version", &cuda::driver_version, "CUDA driver version; 0 without a driver.");
   m.def("launch_count", &cuda::launch_count, "Update kernels launched so far by this process.");
+  m.def("sum_squares_launch_count", &cuda::sum_squares_launch_count,
+        "Sum-of-squares kernels (gradient norms) launched so far by this process.");
   m.def("synchronize", [](int device) {
     py::gil_scoped_release release;
     cuda::synchronize(device);

@@ -1,6 +1,8 @@
 // CUDA executor of the first-order update rules. One kernel per rule, each
 // block walking the chunk table (grid-stride); the element math is the shared
-// rule from optcore/rules, so the executor only loads, calls the rule, stores.
+// rule from optcore/rules, so the executor only loads, calls the rule, stores
+// (and, in the same pass, folds theta into its average and rewrites the 16-bit
+// model copy of a float32 master).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -8,8 +10,11 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
+#include "cuda/sum_squares.cuh"
 #include "cuda/update.h"
+#include "cuda/vector_io.cuh"
 #include "optcore/dtypes.h"
 #include "optcore/rules/all.h"
 
@@ -19,9 +24,9 @@ namespace {
 
 constexpr int kBlockSize = 256;
 constexpr int kBlocksPerSm = 8;
-constexpr size_t kVectorBytes = 16;
 
 std::atomic<int64_t> g_launch_count{0};
+std::atomic<int64_t> g_sum_squares_launch_count{0};
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
@@ -46,135 +51,182 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
-// ---------------------------------------------------------------- kernel
+// ---------------------------------------------------------------- update kernel
 
-// V elements of X viewed as 16-byte words; the union keeps the repacking in
-// registers. Loads/stores are explicit global-space 128-bit accesses (.cg:
-// each element is touched once per step, so L1 is bypassed).
-template <class X, int V>
-union Pack {
-  static constexpr int kWords = int(V * sizeof(X) / kVectorBytes);
-  static_assert((V * sizeof(X)) % kVectorBytes == 0, "whole 16-byte words");
-  uint4 words[kWords];
-  X elems[V];
+template <class T> using MathOf = typename StorageTraits<T>::Math;
+template <class T> using StateOf = typename StorageTraits<T>::State;
+template <int K> constexpr int state_slots() { return K > 0 ? K : 1; }
+
+// The streams of one chunk, offset to its first element. G is the gradient
+// storage: T, or float16/bfloat16 for a float32 master theta, whose 16-bit
+// model parameter is then `copy` (when the plan keeps one).
+template <class T, class G, int K>
+struct ChunkStreams {
+  T* theta;
+  const G* grad;                           // null when the rule reads no gradient
+  StateOf<T>* states[state_slots<K>()];
+  StateOf<T>* average;                     // null without a fused average
+  G* copy;                                 // null without a model copy
 };
 
-template <class X, int V>
-__device__ __forceinline__ void load_vector(const X* p, X (&out)[V]) {
-  Pack<X, V> pack;
-  const uint4* q = reinterpret_cast<const uint4*>(p);
-#pragma unroll
-  for (int w = 0; w < Pack<X, V>::kWords; ++w) pack.words[w] = __ldcg(q + w);
-#pragma unroll
-  for (int e = 0; e < V; ++e) out[e] = pack.elems[e];
-}
+// The per-step constants the element loop uses besides the rule's own.
+template <class M>
+struct ElementScalars {
+  M grad_multiplier;  // 1/loss-scale times the global-norm clip factor
+  M average_weight;   // w of θ̂ ← θ̂ + w(θ − θ̂), eq. 8.39 (1/t for the uniform average)
+};
 
-template <class X, int V>
-__device__ __forceinline__ void store_vector(X* p, const X (&in)[V]) {
-  Pack<X, V> pack;
-#pragma unroll
-  for (int e = 0; e < V; ++e) pack.elems[e] = in[e];
-  uint4* q = reinterpret_cast<uint4*>(p);
-#pragma unroll
-  for (int w = 0; w < Pack<X, V>::kWords; ++w) __stcg(q + w, pack.words[w]);
-}
-
-__device__ __forceinline__ bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & (kVectorBytes - 1)) == 0;
-}
-
-// One element: load, rule, store.
-template <template <class> class Rule, class T>
-__device__ __forceinline__ void update_element(const Rule<typename StorageTraits<T>::Math>& rule,
-                                               T* theta, const T* grad,
-                                               typename StorageTraits<T>::State* const* st_ptr,
-                                               int64_t i, typename StorageTraits<T>::Math gmul) {
+// One element in registers, in the CPU executor's order (csrc/cpu/update_impl.h,
+// run_chunk): the rule on the decoded values; theta stored; the model copy
+// rounded from the float32 master; then the average of theta as stored (so
+// of the rounded value for 16-bit storage, of the master when there is one).
+template <template <class> class Rule, class T, class G, bool kAverage, bool kCopy>
+__device__ __forceinline__ void update_values(const Rule<MathOf<T>>& rule,
+                                              const ElementScalars<MathOf<T>>& k, T& theta,
+                                              const G& grad,
+                                              StateOf<T> (&st)[state_slots<RuleInfo<Rule>::states>()],
+                                              StateOf<T>& average, G& copy) {
   using Traits = StorageTraits<T>;
-  using M = typename Traits::Math;
-  using S = typename Traits::State;
+  using M = MathOf<T>;
+  using S = StateOf<T>;
   constexpr int K = RuleInfo<Rule>::states;
-  M th = Traits::load(theta[i]);
+  M th = Traits::load(theta);
   M g = M(0);
-  if constexpr (RuleInfo<Rule>::reads_grad) g = Traits::load(grad[i]) * gmul;
-  M st[K > 0 ? K : 1];
+  if constexpr (RuleInfo<Rule>::reads_grad) g = M(StorageTraits<G>::load(grad)) * k.grad_multiplier;
+  M m[state_slots<K>()];
 #pragma unroll
-  for (int k = 0; k < K; ++k) st[k] = M(st_ptr[k][i]);
-  rule(th, g, st);
-  theta[i] = Traits::store(th);
+  for (int s = 0; s < K; ++s) m[s] = M(st[s]);
+  rule(th, g, m);
+  theta = Traits::store(th);
 #pragma unroll
-  for (int k = 0; k < K; ++k) st_ptr[k][i] = S(st[k]);
+  for (int s = 0; s < K; ++s) st[s] = S(m[s]);
+  if constexpr (kCopy) copy = StorageTraits<G>::store(float(th));
+  if constexpr (kAverage) {
+    const M a = M(average);
+    average = S(a + k.average_weight * (Traits::load(theta) - a));
+  }
 }
 
-// One chunk, all threads of the block. Vector path when theta, grad and every
-// state reach a 16-byte boundary at the same element index h: scalar head
-// [0, h), 16-byte body, scalar tail. Otherwise every element is scalar.
-template <template <class> class Rule, class T>
-__device__ void run_chunk(const Rule<typename StorageTraits<T>::Math>& rule, const PlanTensor& t,
-                          const PlanChunk& c, const void* grad_base,
-                          typename StorageTraits<T>::Math gmul) {
-  using Traits = StorageTraits<T>;
-  using M = typename Traits::Math;
-  using S = typename Traits::State;
+// One element through memory: the scalar path (heads, tails, misaligned views).
+template <template <class> class Rule, class T, class G, bool kAverage, bool kCopy, int K>
+__device__ __forceinline__ void update_element(const Rule<MathOf<T>>& rule,
+                                               const ElementScalars<MathOf<T>>& k,
+                                               const ChunkStreams<T, G, K>& s, int64_t i) {
+  T th = s.theta[i];
+  G g{};
+  if constexpr (RuleInfo<Rule>::reads_grad) g = s.grad[i];
+  StateOf<T> st[state_slots<K>()];
+#pragma unroll
+  for (int j = 0; j < K; ++j) st[j] = s.states[j][i];
+  StateOf<T> avg{};
+  if constexpr (kAverage) avg = s.average[i];
+  G cp{};
+  update_values<Rule, T, G, kAverage, kCopy>(rule, k, th, g, st, avg, cp);
+  s.theta[i] = th;
+#pragma unroll
+  for (int j = 0; j < K; ++j) s.states[j][i] = st[j];
+  if constexpr (kAverage) s.average[i] = avg;
+  if constexpr (kCopy) s.copy[i] = cp;
+}
+
+// One chunk, all threads of the block. V elements per step of the body are
+// 16 bytes of the narrowest stream (theta, or the 16-bit gradient and copy of
+// a float32 master). Vector path when every stream reaches a 16-byte
+// boundary at the same element index h: scalar head [0, h), 16-byte body,
+// scalar tail. Otherwise every element is scalar.
+template <template <class> class Rule, class T, class G, bool kAverage, bool kCopy>
+__device__ void run_chunk(const Rule<MathOf<T>>& rule, const ElementScalars<MathOf<T>>& k,
+                          const PlanTensor& t, const PlanChunk& c, const void* grad_base) {
+  using S = StateOf<T>;
   constexpr int K = RuleInfo<Rule>::states;
   constexpr bool kReadsGrad = RuleInfo<Rule>::reads_grad;
-  constexpr int V = int(kVectorBytes / sizeof(T));  // elements per 16 bytes of theta
+  constexpr bool kNarrowGrad = sizeof(G) < sizeof(T);
+  constexpr int V = int(kVectorBytes / (kNarrowGrad ? sizeof(G) : sizeof(T)));
 
-  T* theta = static_cast<T*>(t.theta) + c.begin;
-  const T* grad = kReadsGrad ? static_cast<const T*>(grad_base) + c.begin : nullptr;
-  S* st_ptr[K > 0 ? K : 1];
+  ChunkStreams<T, G, K> s;
+  s.theta = static_cast<T*>(t.theta) + c.begin;
+  s.grad = kReadsGrad ? static_cast<const G*>(grad_base) + c.begin : nullptr;
 #pragma unroll
-  for (int k = 0; k < K; ++k) st_ptr[k] = static_cast<S*>(t.states[k]) + c.begin;
+  for (int j = 0; j < K; ++j) s.states[j] = static_cast<S*>(t.states[j]) + c.begin;
+  s.average = kAverage ? static_cast<S*>(t.average) + c.begin : nullptr;
+  s.copy = kCopy ? static_cast<G*>(t.model_copy) + c.begin : nullptr;
   const int64_t n = c.length;
   const int tid = threadIdx.x;
   const int nthreads = blockDim.x;
 
-  const int64_t misalign = int64_t((reinterpret_cast<uintptr_t>(theta) & (kVectorBytes - 1)) / sizeof(T));
-  const bool theta_elem_aligned = reinterpret_cast<uintptr_t>(theta) % sizeof(T) == 0;
-  const int64_t head = misalign == 0 ? 0 : V - misalign;
-  bool vec = theta_elem_aligned && head + V <= n;
+  // The narrowest stream has the fewest 16-byte boundaries; align on it.
+  const int64_t head = (kNarrowGrad && kReadsGrad) ? elements_to_boundary(s.grad)
+                       : (kNarrowGrad && kCopy)    ? elements_to_boundary(s.copy)
+                                                   : elements_to_boundary(s.theta);
+  bool vec = head + V <= n && aligned16(s.theta + head);
   if (vec) {
-    if constexpr (kReadsGrad) vec = vec && aligned16(grad + head);
+    if constexpr (kReadsGrad) vec = vec && aligned16(s.grad + head);
 #pragma unroll
-    for (int k = 0; k < K; ++k) vec = vec && aligned16(st_ptr[k] + head);
+    for (int j = 0; j < K; ++j) vec = vec && aligned16(s.states[j] + head);
+    if constexpr (kAverage) vec = vec && aligned16(s.average + head);
+    if constexpr (kCopy) vec = vec && aligned16(s.copy + head);
   }
   if (!vec) {
-    for (int64_t i = tid; i < n; i += nthreads) update_element<Rule, T>(rule, theta, grad, st_ptr, i, gmul);
+    for (int64_t i = tid; i < n; i += nthreads) update_element<Rule, T, G, kAverage, kCopy>(rule, k, s, i);
     return;
   }
-  if (tid < head) update_element<Rule, T>(rule, theta, grad, st_ptr, tid, gmul);
+  if (tid < head) update_element<Rule, T, G, kAverage, kCopy>(rule, k, s, tid);
   const int64_t groups = (n - head) / V;
   for (int64_t j = tid; j < groups; j += nthreads) {
     const int64_t i = head + j * V;
-    T th_raw[V];
-    T g_raw[V];
-    S st_raw[K > 0 ? K : 1][V];
-    load_vector<T, V>(theta + i, th_raw);
-    if constexpr (kReadsGrad) load_vector<T, V>(grad + i, g_raw);
+    T th[V];
+    G g[V];
+    S st[state_slots<K>()][V];
+    S avg[V];
+    G cp[V];
+    load_vector<T, V>(s.theta + i, th);
+    if constexpr (kReadsGrad) load_vector<G, V>(s.grad + i, g);
 #pragma unroll
-    for (int k = 0; k < K; ++k) load_vector<S, V>(st_ptr[k] + i, st_raw[k]);
+    for (int q = 0; q < K; ++q) load_vector<S, V>(s.states[q] + i, st[q]);
+    if constexpr (kAverage) load_vector<S, V>(s.average + i, avg);
 #pragma unroll
     for (int e = 0; e < V; ++e) {
-      M th = Traits::load(th_raw[e]);
-      M g = M(0);
-      if constexpr (kReadsGrad) g = Traits::load(g_raw[e]) * gmul;
-      M st[K > 0 ? K : 1];
+      S st_e[state_slots<K>()];
 #pragma unroll
-      for (int k = 0; k < K; ++k) st[k] = M(st_raw[k][e]);
-      rule(th, g, st);
-      th_raw[e] = Traits::store(th);
+      for (int q = 0; q < K; ++q) st_e[q] = st[q][e];
+      update_values<Rule, T, G, kAverage, kCopy>(rule, k, th[e], g[e], st_e, avg[e], cp[e]);
 #pragma unroll
-      for (int k = 0; k < K; ++k) st_raw[k][e] = S(st[k]);
+      for (int q = 0; q < K; ++q) st[q][e] = st_e[q];
     }
-    store_vector<T, V>(theta + i, th_raw);
+    store_vector<T, V>(s.theta + i, th);
 #pragma unroll
-    for (int k = 0; k < K; ++k) store_vector<S, V>(st_ptr[k] + i, st_raw[k]);
+    for (int q = 0; q < K; ++q) store_vector<S, V>(s.states[q] + i, st[q]);
+    if constexpr (kAverage) store_vector<S, V>(s.average + i, avg);
+    if constexpr (kCopy) store_vector<G, V>(s.copy + i, cp);
   }
   for (int64_t i = head + groups * V + tid; i < n; i += nthreads)
-    update_element<Rule, T>(rule, theta, grad, st_ptr, i, gmul);
+    update_element<Rule, T, G, kAverage, kCopy>(rule, k, s, i);
+}
+
+// The average and model-copy variants of one (theta, gradient) storage pair,
+// chosen per chunk like the CPU executor's run_typed_chunk. A model copy
+// exists only with a float32 master (G narrower than T).
+template <template <class> class Rule, class T, class G>
+__device__ void run_chunk_with_extras(const Rule<MathOf<T>>& rule, const ElementScalars<MathOf<T>>& k,
+                                      const PlanTensor& t, const PlanChunk& c, const void* grad) {
+  const bool average = t.average != nullptr;
+  if constexpr (std::is_same<T, G>::value) {
+    if (average) run_chunk<Rule, T, G, true, false>(rule, k, t, c, grad);
+    else run_chunk<Rule, T, G, false, false>(rule, k, t, c, grad);
+  } else {
+    const bool copy = t.model_copy != nullptr;
+    if (average && copy) run_chunk<Rule, T, G, true, true>(rule, k, t, c, grad);
+    else if (average) run_chunk<Rule, T, G, true, false>(rule, k, t, c, grad);
+    else if (copy) run_chunk<Rule, T, G, false, true>(rule, k, t, c, grad);
+    else run_chunk<Rule, T, G, false, false>(rule, k, t, c, grad);
+  }
 }
 
 // block: StepScalars followed by one gradient pointer per tensor.
-template <template <class> class Rule>
+// kExtras: some tensor of the plan has a fused average, a model copy or a
+// 16-bit gradient of a float32 master. Plans without any run the plain
+// instantiation, whose code and register allocation carry none of them.
+template <template <class> class Rule, bool kExtras>
 __global__ void __launch_bounds__(kBlockSize)
     update_kernel(const PlanTensor* __restrict__ tensors, const PlanChunk* __restrict__ chunks,
                   int64_t chunk_count, const StepScalars* __restrict__ block) {
@@ -183,25 +235,48 @@ __global__ void __launch_bounds__(kBlockSize)
   const Rule<float> rule_f(scalars);
   const Rule<double> rule_d(scalars);
   const double gmul = scalars.v[kGradMultiplier];
+  const double weight = kExtras ? scalars.v[kAverageWeight] : 0.0;
+  const ElementScalars<float> k_f{float(gmul), float(weight)};
+  const ElementScalars<double> k_d{gmul, weight};
   for (int64_t c = blockIdx.x; c < chunk_count; c += gridDim.x) {
     const PlanChunk chunk = chunks[c];
     const PlanTensor t = tensors[chunk.tensor];
     const void* grad = RuleInfo<Rule>::reads_grad ? grads[chunk.tensor] : nullptr;
-    switch (static_cast<DType>(t.dtype)) {
-      case DType::F32: run_chunk<Rule, float>(rule_f, t, chunk, grad, float(gmul)); break;
-      case DType::F64: run_chunk<Rule, double>(rule_d, t, chunk, grad, gmul); break;
-      case DType::F16: run_chunk<Rule, Half>(rule_f, t, chunk, grad, float(gmul)); break;
-      case DType::BF16: run_chunk<Rule, BFloat16>(rule_f, t, chunk, grad, float(gmul)); break;
+    const DType dt = static_cast<DType>(t.dtype);
+    if constexpr (kExtras) {
+      const DType gt = static_cast<DType>(t.grad_dtype);
+      if (dt == DType::F32 && gt == DType::F16) {
+        run_chunk_with_extras<Rule, float, Half>(rule_f, k_f, t, chunk, grad);
+      } else if (dt == DType::F32 && gt == DType::BF16) {
+        run_chunk_with_extras<Rule, float, BFloat16>(rule_f, k_f, t, chunk, grad);
+      } else {
+        switch (dt) {
+          case DType::F32: run_chunk_with_extras<Rule, float, float>(rule_f, k_f, t, chunk, grad); break;
+          case DType::F64: run_chunk_with_extras<Rule, double, double>(rule_d, k_d, t, chunk, grad); break;
+          case DType::F16: run_chunk_with_extras<Rule, Half, Half>(rule_f, k_f, t, chunk, grad); break;
+          case DType::BF16: run_chunk_with_extras<Rule, BFloat16, BFloat16>(rule_f, k_f, t, chunk, grad); break;
+        }
+      }
+    } else {
+      switch (dt) {
+        case DType::F32: run_chunk<Rule, float, float, false, false>(rule_f, k_f, t, chunk, grad); break;
+        case DType::F64: run_chunk<Rule, double, double, false, false>(rule_d, k_d, t, chunk, grad); break;
+        case DType::F16: run_chunk<Rule, Half, Half, false, false>(rule_f, k_f, t, chunk, grad); break;
+        case DType::BF16: run_chunk<Rule, BFloat16, BFloat16, false, false>(rule_f, k_f, t, chunk, grad); break;
+      }
     }
   }
 }
 
-void launch(int rule, int grid, cudaStream_t stream, const PlanTensor* tensors,
+void launch(int rule, bool extras, int grid, cudaStream_t stream, const PlanTensor* tensors,
             const PlanChunk* chunks, int64_t chunk_count, const StepScalars* block) {
   switch (rule) {
-#define OPTCORE_CUDA_CASE(id, Rule)                                                         \
-  case id:                                                                                  \
-    update_kernel<Rule><<<grid, kBlockSize, 0, stream>>>(tensors, chunks, chunk_count, block); \
+#define OPTCORE_CUDA_CASE(id, Rule)                                                                  \
+  case id:                                                                                           \
+    if (extras)                                                                                      \
+      update_kernel<Rule, true><<<grid, kBlockSize, 0, stream>>>(tensors, chunks, chunk_count, block); \
+    else                                                                                             \
+      update_kernel<Rule, false><<<grid, kBlockSize, 0, stream>>>(tensors, chunks, chunk_count, block); \
     break;
     OPTCORE_FOR_EACH_RULE(OPTCORE_CUDA_CASE)
 #undef OPTCORE_CUDA_CASE
@@ -258,6 +333,8 @@ int driver_version() {
 
 int64_t launch_count() { return g_launch_count.load(std::memory_order_relaxed); }
 
+int64_t sum_squares_launch_count() { return g_sum_squares_launch_count.load(std::memory_order_relaxed); }
+
 void synchronize(int device) {
   DeviceGuard guard(device);
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
@@ -276,6 +353,9 @@ DevicePlan::DevicePlan(int rule, int device, bool reads_grad, const std::vector<
       chunk_count_(static_cast<int64_t>(chunks.size())) {
   DeviceGuard guard(device_);
   block_bytes_ = sizeof(StepScalars) + sizeof(uint64_t) * tensors.size();
+  for (const PlanTensor& t : tensors)
+    extras_ = extras_ || t.average != nullptr || t.model_copy != nullptr || t.grad_dtype != t.dtype;
+  const size_t reduce_bytes = 2 * sizeof(double) + sizeof(uint64_t) * tensors.size();
   try {
     int sms = 1;
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
@@ -302,6 +382,12 @@ DevicePlan::DevicePlan(int rule, int device, bool reads_grad, const std::vector<
     }
     check(cudaHostAlloc(&h_graph_, block_bytes_, cudaHostAllocDefault), "cudaHostAlloc");
     std::memset(h_graph_, 0, block_bytes_);
+    if (!chunks.empty())
+      check(cudaMalloc(&d_partials_, sizeof(double) * chunks.size()), "cudaMalloc");
+    check(cudaMalloc(&d_reduce_, reduce_bytes), "cudaMalloc");
+    check(cudaMemset(d_reduce_, 0, reduce_bytes), "cudaMemset");  // arrival counter starts at zero
+    check(cudaHostAlloc(&h_reduce_, sizeof(double) + sizeof(uint64_t) * tensors.size(),
+                        cudaHostAllocDefault), "cudaHostAlloc");
     // The constructor's uploads are synchronous with respect to the host; make
     // sure they finished before a step on any stream reads the tables.
     check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
@@ -310,6 +396,7 @@ DevicePlan::DevicePlan(int rule, int device, bool reads_grad, const std::vector<
     throw;
   }
   last_grads_.assign(tensors.size(), 0);
+  last_reduce_ptrs_.assign(tensors.size(), 0);
 }
 
 DevicePlan::~DevicePlan() { release(); }
@@ -326,6 +413,10 @@ void DevicePlan::release() {
     events_[s] = nullptr;
     h_ring_[s] = nullptr;
   }
+  if (h_reduce_) cudaFreeHost(h_reduce_);
+  if (d_reduce_) cudaFree(d_reduce_);
+  if (d_partials_) cudaFree(d_partials_);
+  h_reduce_ = d_reduce_ = d_partials_ = nullptr;
   if (h_graph_) cudaFreeHost(h_graph_);
   if (d_graph_) cudaFree(d_graph_);
   if (d_eager_) cudaFree(d_eager_);
@@ -353,7 +444,7 @@ void DevicePlan::step(const uint64_t* grads, const StepScalars& scalars, uintptr
     check(cudaMemcpyAsync(d_graph_, h_graph_, block_bytes_, cudaMemcpyHostToDevice, stream),
           "cudaMemcpyAsync");
     if (chunk_count_ > 0)
-      launch(rule_, grid_, stream, static_cast<const PlanTensor*>(d_tensors_),
+      launch(rule_, extras_, grid_, stream, static_cast<const PlanTensor*>(d_tensors_),
              static_cast<const PlanChunk*>(d_chunks_), chunk_count_,
              static_cast<const StepScalars*>(d_graph_));
     return;
@@ -384,9 +475,54 @@ void DevicePlan::step(const uint64_t* grads, const StepScalars& scalars, uintptr
     grads_uploaded_ = true;
   }
   if (chunk_count_ > 0)
-    launch(rule_, grid_, stream, static_cast<const PlanTensor*>(d_tensors_),
+    launch(rule_, extras_, grid_, stream, static_cast<const PlanTensor*>(d_tensors_),
            static_cast<const PlanChunk*>(d_chunks_), chunk_count_,
            static_cast<const StepScalars*>(d_eager_));
+}
+
+double DevicePlan::sum_squares(const uint64_t* grads, uintptr_t stream_handle, int grid) {
+  DeviceGuard guard(device_);
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
+  if (capture != cudaStreamCaptureStatusNone)
+    throw std::runtime_error(
+        "sum of squares on a capturing stream: it returns its value to the host, which waits for "
+        "the stream, so it cannot be captured in a CUDA graph (max_grad_norm, grad_scale and "
+        "clip_grad_norm_ are eager-only on CUDA)");
+  if (chunk_count_ == 0) return 0.0;
+  if (grid <= 0) grid = grid_;
+
+  double* d_result = static_cast<double*>(d_reduce_);
+  auto* d_arrivals = reinterpret_cast<unsigned int*>(d_result + 1);
+  auto* d_ptrs = reinterpret_cast<const void* const*>(d_result + 2);
+  auto* h_result = static_cast<double*>(h_reduce_);
+  auto* h_ptrs = reinterpret_cast<uint64_t*>(h_result + 1);
+  const size_t ptr_bytes = sizeof(uint64_t) * static_cast<size_t>(tensor_count_);
+  try {
+    if (grads && (!reduce_ptrs_uploaded_ || std::memcmp(last_reduce_ptrs_.data(), grads, ptr_bytes) != 0)) {
+      // Staging is free: the previous call waited for its stream.
+      std::memcpy(h_ptrs, grads, ptr_bytes);
+      check(cudaMemcpyAsync(d_result + 2, h_ptrs, ptr_bytes, cudaMemcpyHostToDevice, stream),
+            "cudaMemcpyAsync");
+      std::memcpy(last_reduce_ptrs_.data(), grads, ptr_bytes);
+      reduce_ptrs_uploaded_ = true;
+    }
+    SumSquaresArgs args{static_cast<const PlanTensor*>(d_tensors_), static_cast<const PlanChunk*>(d_chunks_),
+                        chunk_count_, grads ? d_ptrs : nullptr, static_cast<double*>(d_partials_),
+                        d_arrivals, d_result};
+    check(launch_sum_squares(args, grid, stream), "sum-of-squares kernel launch");
+    g_sum_squares_launch_count.fetch_add(1, std::memory_order_relaxed);
+    check(cudaMemcpyAsync(h_result, d_result, sizeof(double), cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  } catch (...) {
+    // Leave nothing in flight that reads the staging table or the scratch.
+    cudaStreamSynchronize(stream);
+    reduce_ptrs_uploaded_ = false;
+    throw;
+  }
+  return *h_result;
 }
 
 void DevicePlan::set_graph_scalars(const StepScalars& scalars, uintptr_t stream_handle) {

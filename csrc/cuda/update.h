@@ -17,7 +17,8 @@ int device_count();  // 0 when there is no driver or no GPU
 std::string device_name(int device);
 int runtime_version();
 int driver_version();  // 0 when there is no driver
-int64_t launch_count();
+int64_t launch_count();              // update kernels launched (captured ones count once)
+int64_t sum_squares_launch_count();  // sum-of-squares kernels launched
 void synchronize(int device);
 
 // A device-resident update plan. The tensor and chunk tables are copied to
@@ -38,10 +39,22 @@ void synchronize(int device);
 // function enqueued on the stream), so a later replay on that stream sees the
 // new values and earlier pending replays keep the old ones.
 //
-// Contracts: steps of one plan must be stream-ordered (same stream, or the
-// caller orders them), as the parameter updates themselves must be; the
-// eager device block is shared between steps. Keep the plan alive while a
-// graph that captured one of its steps may still be replayed.
+// Fused extras (same semantics as the CPU executor): a tensor may carry a
+// Polyak/EMA average (θ̂ ← θ̂ + w(θ − θ̂), w = StepScalars slot kAverageWeight,
+// of theta as stored) and, for a float32 master theta with a float16/bfloat16
+// gradient, a 16-bit model copy rewritten from the master in the same pass.
+//
+// Sum of squares: sum_squares() reduces the gradients (or the thetas) in
+// float64 with a fixed association (cuda/sum_squares.cuh): bitwise the same
+// for the same values whatever the grid, run or addresses. It returns the
+// value to the host, so it waits for its stream (an 8-byte device-to-host
+// copy) and refuses a capturing stream: steps that need the norm are eager.
+//
+// Contracts: steps and reductions of one plan must be stream-ordered (same
+// stream, or the caller orders them), as the parameter updates themselves
+// must be; the eager device block and the reduction scratch are shared
+// between calls. Keep the plan alive while a graph that captured one of its
+// steps may still be replayed.
 class DevicePlan {
  public:
   static constexpr int kRingSlots = 8;
@@ -56,9 +69,16 @@ class DevicePlan {
   void step(const uint64_t* grads, const StepScalars& scalars, uintptr_t stream);
   void set_graph_scalars(const StepScalars& scalars, uintptr_t stream);
 
+  // Σx² over every element, x the gradients (grads: one device pointer per
+  // tensor, read as each tensor's grad_dtype) or, with grads null, the thetas.
+  // grid: blocks of the reduction, 0 for the plan's default; it never changes
+  // the result.
+  double sum_squares(const uint64_t* grads, uintptr_t stream, int grid);
+
   int device() const { return device_; }
   int grid_size() const { return grid_; }
   int block_size() const;
+  bool has_extras() const { return extras_; }
 
  private:
   void release();  // frees everything allocated so far; safe to call twice
@@ -66,6 +86,7 @@ class DevicePlan {
   int rule_;
   int device_;
   bool reads_grad_;
+  bool extras_ = false;  // some tensor has an average, a model copy or a 16-bit gradient of a master
   int64_t tensor_count_;
   int64_t chunk_count_;
   int grid_ = 0;
@@ -82,6 +103,14 @@ class DevicePlan {
   int next_slot_ = 0;
   bool grads_uploaded_ = false;
   std::vector<uint64_t> last_grads_;
+
+  // Reduction scratch. Each sum_squares() waits for its stream before
+  // returning, so one pinned staging table suffices.
+  void* d_partials_ = nullptr;  // chunk_count_ doubles
+  void* d_reduce_ = nullptr;    // result double, arrival counter, then tensor_count_ pointers
+  void* h_reduce_ = nullptr;    // pinned: result double, then tensor_count_ pointers
+  bool reduce_ptrs_uploaded_ = false;
+  std::vector<uint64_t> last_reduce_ptrs_;
 };
 
 }  // namespace cuda

@@ -220,10 +220,15 @@ class Intervals:
 
 def current_stream(v: View) -> int:
     """The caller's current CUDA stream for this array's framework (0 = legacy default)."""
-    if v.framework == "torch":
+    return current_stream_of(v.framework, v.device_id)
+
+
+def current_stream_of(framework: str, device_id: int) -> int:
+    """:func:`current_stream` from the framework name and device alone (holds no array)."""
+    if framework == "torch":
         torch = _torch_module()
-        return int(torch.cuda.current_stream(v.obj.device).cuda_stream)
-    if v.framework == "cupy":
+        return int(torch.cuda.current_stream(max(device_id, 0)).cuda_stream)
+    if framework == "cupy":
         cupy = _cupy_module()
         return int(cupy.cuda.get_current_stream().ptr)
     return 0

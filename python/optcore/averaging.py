@@ -5,7 +5,8 @@ Exponential (eq. 8.39): θ̂ₜ = αθ̂ₜ₋₁ + (1 − α)θₜ, which forge
 far-away iterates of a non-convex run.
 
 Every optimizer can also keep these averages inside its own update pass
-(``average="uniform"|"ema"``); the classes here serve any other loop.
+(``average="uniform"|"ema"``); the classes here serve any other loop. On CUDA
+:meth:`update` is one kernel on the caller's current stream (no host wait).
 
 Example
 -------
@@ -27,7 +28,7 @@ from typing import Any, Iterator, List, Sequence
 import numpy as np
 
 from . import _arrays as A
-from . import _core
+from . import _plans
 
 __all__ = ["Polyak", "EMA", "swapped"]
 
@@ -62,9 +63,8 @@ class _Average:
             A.require_contiguous(v, f"{name}[{i}]")
             if (v.device, v.device_id) != (first.device, first.device_id):
                 raise ValueError(f"{name}[{i}]: on {v.where}, but {name}[0] is on {first.where}")
-        if first.device != "cpu":
-            raise NotImplementedError("standalone averaging of CUDA arrays: use the optimizer's "
-                                      "average= option, which runs in the CUDA update kernel")
+        if first.device == "cuda":
+            _plans.require_cuda(f"{name}[0]")
         # float32 averages for 16-bit parameters, like optimizer state.
         self._averages = []
         for p, v in zip(self._params, self._views):
@@ -72,9 +72,11 @@ class _Average:
             A.copy_into(buf, p)
             self._averages.append(buf)
         avg_views = [A.view_of(b, "average") for b in self._averages]
-        self._plan = _core.UpdatePlan(
+        # LerpRule: the average is the plan's theta and the parameter its "gradient".
+        self._plan = _plans.Plan(
             RULE_LERP, [a.ptr for a in avg_views], [v.numel for v in self._views],
-            [a.dtype for a in avg_views], [], grad_dtypes=[v.dtype for v in self._views])
+            [a.dtype for a in avg_views], [], (first.device, first.device_id), first,
+            grad_dtypes=[v.dtype for v in self._views])
         self._param_ptrs = np.array([v.ptr for v in self._views], dtype="uint64")
         self.count = 0
 

@@ -4,6 +4,11 @@ The optimizers also take ``max_grad_norm=``, which fuses the clip factor into
 the update pass instead of rewriting the gradients; these functions are for
 loops that need the clipped gradients themselves.
 
+CUDA arrays run on the caller's current stream. ``clip_grad_norm_`` returns
+the norm as a Python float, so on CUDA it waits for that stream (an 8-byte
+device-to-host copy) and cannot be captured in a CUDA graph;
+``clip_grad_value_`` is one kernel and does not wait.
+
 Example
 -------
 >>> import numpy as np, optcore
@@ -18,18 +23,17 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Tuple
 
-import numpy as np
-
 from . import _arrays as A
-from . import _core
+from . import _plans
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 RULE_SCALE, RULE_CLAMP = 16, 17  # csrc/optcore/rules/utility.h
-_plans: Dict[Tuple, Any] = {}
+_cache: Dict[Tuple, _plans.Plan] = {}
 
 
-def _plan_for(grads: Any, name: str, rule: int):
+def _plan_for(grads: Any, name: str, rule: int) -> _plans.Plan:
+    """The cached ScaleRule/ClampRule plan over ``grads`` (treated as the plan's theta)."""
     items = A.as_list(grads, name)
     views = A.views_of(items, name)
     names = [f"{name}[{i}]" for i in range(len(views))]
@@ -37,18 +41,26 @@ def _plan_for(grads: Any, name: str, rule: int):
         A.require_supported_dtype(v, n)
         A.require_writeable(v, n)
         A.require_contiguous(v, n)
-        if v.device != "cpu":
-            raise NotImplementedError(f"{n}: clipping CUDA arrays standalone is not available yet; "
-                                      "use the optimizer's max_grad_norm=, which runs on the GPU")
+    if views:
+        first = views[0]
+        for v, n in zip(views, names):
+            if (v.device, v.device_id) != (first.device, first.device_id):
+                raise ValueError(f"{n}: on {v.where}, but {names[0]} is on {first.where}; "
+                                 "the gradients must all be on one device")
+        if first.device == "cuda":
+            _plans.require_cuda(names[0])
+        device = (first.device, first.device_id)
+    else:
+        device = ("cpu", -1)
     A.require_no_overlap(views, names)
-    key = (rule,) + tuple((v.ptr, v.numel, v.dtype) for v in views)
-    plan = _plans.get(key)
+    key = (rule, device) + tuple((v.ptr, v.numel, v.dtype) for v in views)
+    plan = _cache.get(key)
     if plan is None:
-        if len(_plans) > 64:
-            _plans.clear()
-        plan = _core.UpdatePlan(rule, [v.ptr for v in views], [v.numel for v in views],
-                                [v.dtype for v in views], [])
-        _plans[key] = plan
+        if len(_cache) > 64:
+            _cache.clear()
+        plan = _plans.Plan(rule, [v.ptr for v in views], [v.numel for v in views],
+                           [v.dtype for v in views], [], device, views[0] if views else None)
+        _cache[key] = plan
     return plan
 
 
@@ -63,14 +75,14 @@ def clip_grad_norm_(grads: Any, max_norm: float, norm_type: float = 2.0,
     if float(norm_type) != 2.0:
         raise ValueError(f"norm_type: only the L2 norm (2.0) is supported, got {norm_type!r}")
     plan = _plan_for(grads, "grads", RULE_SCALE)
-    norm = math.sqrt(plan.theta_sum_squares())
+    norm = math.sqrt(plan.theta_sum_squares())  # on CUDA: waits for the stream
     if not math.isfinite(norm):
         if error_if_nonfinite:
             raise RuntimeError(f"grads: the total norm is {norm}; nothing was changed")
         # torch's behaviour: the factor becomes NaN/0 and the gradients follow it.
     coef = max_norm / (norm + 1e-6)
     if coef < 1.0 or not math.isfinite(norm):
-        plan.step(np.zeros(0, np.uint64), [1.0, coef])
+        plan.step(None, [1.0, coef])
     return norm
 
 
@@ -78,4 +90,4 @@ def clip_grad_value_(grads: Any, clip_value: float) -> None:
     """Clamp every gradient element to [−c, c] in place (NaN stays NaN)."""
     clip_value = A.require_range(clip_value, "clip_value", lo=0.0)
     plan = _plan_for(grads, "grads", RULE_CLAMP)
-    plan.step(np.zeros(0, np.uint64), [1.0, clip_value])
+    plan.step(None, [1.0, clip_value])

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _arrays as A
-from .. import _core
+from .. import _plans
 from ..schedules import evaluate as evaluate_schedule
 
 # Rule ids: csrc/optcore/rules/all.h
@@ -20,14 +20,6 @@ RULE_LOOKAHEAD = 5
 RULE_RESTORE = 15
 
 Params = Any  # an array, a list of arrays, or a list of param-group dicts
-
-
-def _cuda_module():
-    try:
-        from .. import _cuda  # noqa: WPS433 - optional extension
-    except ImportError:
-        return None
-    return _cuda
 
 
 class _GroupPlan:
@@ -50,22 +42,15 @@ class _GroupPlan:
                        [A.view_of(a, "average").ptr for a in averages],
                        model_copies=copies if any(copies) else None)
         self.device = device
-        if device[0] == "cpu":
-            self.plan = _core.UpdatePlan(rule, thetas, numels, dtypes, state_ptrs, **options)
-        else:
-            cuda = _cuda_module()
-            self.plan = cuda.UpdatePlan(rule, thetas, numels, dtypes, state_ptrs, device[1], **options)
-        self.stream_of = views[0] if views else None
+        self.plan = _plans.Plan(rule, thetas, numels, dtypes, state_ptrs, device,
+                                views[0] if views else None, **options)
 
     def run(self, grad_ptrs: Optional[np.ndarray], scalars: List[float]) -> None:
-        grads = grad_ptrs if grad_ptrs is not None else _NO_POINTERS
-        if self.device[0] == "cpu":
-            self.plan.step(grads, scalars)
-        else:
-            self.plan.step(grads, scalars, A.current_stream(self.stream_of))
+        self.plan.step(grad_ptrs, scalars)
 
-
-_NO_POINTERS = np.zeros(0, dtype=np.uint64)
+    def grad_sum_squares(self, grad_ptrs: np.ndarray) -> float:
+        """Σg² in float64 (deterministic). On CUDA it waits for the caller's stream."""
+        return self.plan.grad_sum_squares(grad_ptrs)
 
 
 class Optimizer:
@@ -91,6 +76,16 @@ class Optimizer:
     master_weights
         Keep float32 master copies of float16/bfloat16 parameters: the step
         updates the master and writes the rounded parameter in the same pass.
+
+    Notes
+    -----
+    On CUDA every option runs in the same single update kernel as on the CPU.
+    ``max_grad_norm`` and ``step(..., grad_scale=)`` need the gradient norm on
+    the host before the step (to clip, or to skip a non-finite step): each
+    such step launches one reduction kernel per parameter group and waits
+    for the caller's stream to read its 8-byte result, so those steps cannot
+    be captured in a CUDA graph. Plain steps, ``average=`` and
+    ``master_weights=`` stay sync-free and capturable.
     """
 
     #: kernel rule id (csrc/optcore/rules/all.h) and state names, in kernel order
@@ -143,17 +138,7 @@ class Optimizer:
                                  "one optimizer updates parameters on one device")
         self._device = (first.device, first.device_id)
         if first.device == "cuda":
-            cuda = _cuda_module()
-            if cuda is None or not hasattr(cuda, "UpdatePlan"):
-                raise RuntimeError(f"{names[0]}: a CUDA array, but this optcore build has no CUDA "
-                                   "module (rebuild with nvcc available, OPTCORE_CUDA=ON)")
-            if cuda.device_count() <= 0:
-                raise RuntimeError(f"{names[0]}: a CUDA array, but no CUDA device is visible")
-            for option, value in (("max_grad_norm", max_grad_norm), ("average", average),
-                                  ("master_weights", master_weights or None)):
-                if value is not None:
-                    raise NotImplementedError(f"{option}: not in the CUDA executor yet "
-                                              "(CPU parameters only)")
+            _plans.require_cuda(names[0])
         A.require_no_overlap(self._views, names)
         for gi, group in enumerate(self.param_groups):
             self._validate_static(group, f"param_groups[{gi}]")
@@ -250,15 +235,14 @@ class Optimizer:
             The loss scale the gradients carry (mixed precision): they are
             divided by it inside the update pass. A non-finite gradient anywhere
             then skips the whole step (parameters, state, averages and step
-            count untouched) and increments ``skipped_steps``.
+            count untouched) and increments ``skipped_steps``. On CUDA the
+            check waits for the caller's stream (see the class notes).
 
         Returns
         -------
         The loss returned by the closure, if any.
         """
         inv_scale = 1.0
-        if grad_scale is not None and self._device[0] == "cuda":
-            raise NotImplementedError("grad_scale: not in the CUDA executor yet (CPU parameters only)")
         if grad_scale is not None:
             inv_scale = 1.0 / A.require_range(grad_scale, "grad_scale", lo=0.0, lo_open=True)
         if closure is not None:
@@ -307,7 +291,7 @@ class Optimizer:
         total = 0.0
         for gi in range(len(self.param_groups)):
             plan = self._plan(gi, self.rule_for(self.param_groups[gi]), self.state_names, main=True)
-            total += plan.plan.grad_sum_squares(self._slice(grad_ptrs, gi))
+            total += plan.grad_sum_squares(self._slice(grad_ptrs, gi))
         norm = float(np.sqrt(total)) * inv_scale
         if not np.isfinite(norm):
             self.skipped_steps += 1
