@@ -236,6 +236,8 @@ void bind_update(py::module_& m) {
   m.def("launch_count", &cuda::launch_count, "Update kernels launched so far by this process.");
   m.def("sum_squares_launch_count", &cuda::sum_squares_launch_count,
         "Sum-of-squares kernels (gradient norms) launched so far by this process.");
+  m.def("stream_is_capturing", [](py::object stream) { return cuda::stream_is_capturing(to_stream(stream)); },
+        py::arg("stream"), "Whether a CUDA-graph capture is active (or invalidated) on `stream`.");
   m.def("synchronize", [](int device) {
     py::gil_scoped_release release;
     cuda::synchronize(device);

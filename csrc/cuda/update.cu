@@ -322,6 +322,13 @@ int runtime_version() {
   return v;
 }
 
+bool stream_is_capturing(uintptr_t stream_handle) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(reinterpret_cast<cudaStream_t>(stream_handle), &capture),
+        "cudaStreamIsCapturing");
+  return capture != cudaStreamCaptureStatusNone;
+}
+
 int driver_version() {
   int v = 0;
   if (cudaDriverGetVersion(&v) != cudaSuccess) {

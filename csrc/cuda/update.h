@@ -19,6 +19,7 @@ int runtime_version();
 int driver_version();  // 0 when there is no driver
 int64_t launch_count();              // update kernels launched (captured ones count once)
 int64_t sum_squares_launch_count();  // sum-of-squares kernels launched
+bool stream_is_capturing(uintptr_t stream);  // an active CUDA-graph capture on `stream`
 void synchronize(int device);
 
 // A device-resident update plan. The tensor and chunk tables are copied to

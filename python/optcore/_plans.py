@@ -37,6 +37,11 @@ def require_cuda(name: str) -> Any:
     return cuda
 
 
+def stream_is_capturing(view: A.View) -> bool:
+    """Whether the current stream of ``view``'s framework and device is capturing a CUDA graph."""
+    return bool(require_cuda("params").stream_is_capturing(A.current_stream(view)))
+
+
 class Plan:
     """One rule over a fixed list of tensors, on ``device`` = ("cpu", -1) or ("cuda", id).
 
@@ -68,6 +73,13 @@ class Plan:
             self.plan.step(ptrs, scalars)
         else:
             self.plan.step(ptrs, scalars, self._stream())
+
+    def set_graph_scalars(self, scalars: List[float]) -> None:
+        """Stage ``scalars`` for the next replay of a graph that captured :meth:`step`, in
+        stream order (CUDA only)."""
+        if self.device[0] == "cpu":
+            raise RuntimeError("set_graph_scalars: CUDA graphs need CUDA parameters")
+        self.plan.set_graph_scalars(scalars, self._stream())
 
     def grad_sum_squares(self, ptrs: np.ndarray) -> float:
         """Σg² over the gradients ``ptrs`` in float64, deterministic."""

@@ -409,7 +409,19 @@ def _capture_steps(fn):
         graph.launch(stream)
         stream.synchronize()
 
+    replay.stream = stream
     return replay
+
+
+def _graph_step_and_replay(opt, replay) -> None:
+    """opt.graph_step() on the stream the replay runs on, then the replay."""
+    stream = getattr(replay, "stream", None)
+    if stream is None:
+        opt.graph_step()
+    else:
+        with stream:
+            opt.graph_step()
+    replay()
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -430,16 +442,77 @@ def test_plain_step_with_masters_and_average_is_capturable(rng, dtype: str) -> N
     replay = _capture_steps(lambda: g_opt.step(static))
     assert _launches()[0] - u0 == 1
     _sync()
+    assert g_opt.step_count == e_opt.step_count == 1  # capturing takes no step
     for _ in range(3):
-        replay()
+        _graph_step_and_replay(g_opt, replay)
         e_opt.step(static)
     _sync()
+    assert g_opt.step_count == e_opt.step_count == 4
     for x, y in zip(g_params, e_params):
         assert _raw(x) == _raw(y)
     for x, y in zip(g_opt.master_params() + g_opt.averaged_params(),
                     e_opt.master_params() + e_opt.averaged_params()):
         assert _raw(x) == _raw(y)
     assert _raw(g_params[2]) != _raw(_pair(values[2], dtype)[1])
+
+
+@pytest.mark.parametrize("average", [None, "uniform"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_graph_step_replays_equal_eager_steps_as_lr_changes(rng, dtype: str, average) -> None:
+    """The documented recipe: capture opt.step(static_grads) once, then before every
+    replay set the learning rate and call graph_step(). Adam's bias corrections and
+    the uniform average's weight 1/t change every step, the learning rate changes
+    between replays (by hand and by a schedule), and the gradients are rewritten
+    in place: the same bytes as eager steps, and the same step counts."""
+    _need(dtype)
+    values = [rng.standard_normal(n) for n in SIZES]
+    _, g_params = _pairs(values, dtype)
+    _, e_params = _pairs(values, dtype)
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), master_weights=(dtype == "bfloat16"), average=average)
+    g_opt, e_opt = optcore.Adam(g_params, **kw), optcore.Adam(e_params, **kw)
+    _, static = _grads(rng, dtype)
+    g_opt.step(static)  # eager warm-up: plans and staging buffers exist before the capture
+    e_opt.step(static)
+    _sync()
+    replay = _capture_steps(lambda: g_opt.step(static))
+    _sync()
+    assert g_opt.step_count == 1
+    for k in range(6):
+        _, fresh = _grads(rng, dtype)
+        for s, f in zip(static, fresh):
+            s[...] = f
+        lr = 1e-2 * (0.5 ** k)
+        g_opt.param_groups[0]["lr"] = e_opt.param_groups[0]["lr"] = lr
+        _graph_step_and_replay(g_opt, replay)
+        e_opt.step(static)
+        _sync()
+        for i, (x, y) in enumerate(zip(g_params, e_params)):
+            assert _raw(x) == _raw(y), f"params[{i}] after replay {k}"
+    assert g_opt.step_count == e_opt.step_count == 7
+    for sg, se in zip(g_opt.state, e_opt.state):
+        for name in sg:
+            assert _raw(sg[name]) == _raw(se[name]), name
+    if average is not None:
+        for x, y in zip(g_opt.averaged_params(), e_opt.averaged_params()):
+            assert _raw(x) == _raw(y)
+
+
+def test_graph_step_contract(rng) -> None:
+    """graph_step before any capture is refused; a closure step cannot be captured and
+    the refusal writes nothing."""
+    _, gpu = _pairs([rng.standard_normal(n) for n in SIZES], "float32")
+    opt = optcore.Nesterov(gpu, lr=1e-2)
+    _, static = _grads(rng, "float32")
+    with pytest.raises(RuntimeError, match="graph_step: no step"):
+        opt.graph_step()
+    opt.step(static)
+    _sync()
+    snapshot = [_raw(p) for p in gpu]
+    with pytest.raises(RuntimeError, match="closure.*CUDA graph"):
+        _capture_steps(lambda: opt.step(closure=lambda ps: static))
+    _sync()
+    assert [_raw(p) for p in gpu] == snapshot
+    assert opt.step_count == 1
 
 
 def test_norm_steps_refuse_capture_and_write_nothing(rng) -> None:

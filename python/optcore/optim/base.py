@@ -48,6 +48,10 @@ class _GroupPlan:
     def run(self, grad_ptrs: Optional[np.ndarray], scalars: List[float]) -> None:
         self.plan.step(grad_ptrs, scalars)
 
+    def set_graph_scalars(self, scalars: List[float]) -> None:
+        """The scalars the next replay of a graph that captured ``run`` reads (CUDA only)."""
+        self.plan.set_graph_scalars(scalars)
+
     def grad_sum_squares(self, grad_ptrs: np.ndarray) -> float:
         """Σg² in float64 (deterministic). On CUDA it waits for the caller's stream."""
         return self.plan.grad_sum_squares(grad_ptrs)
@@ -175,6 +179,7 @@ class Optimizer:
                 self._averages.append(buf)
         self._scratch: Optional[List[Any]] = None  # exact-closure copies of θ, made on first use
         self._steps = [0] * len(self.param_groups)
+        self._captured = False  # a step(grads) was recorded into a CUDA graph (graph_step)
         self._offsets = np.cumsum([0] + [len(g["params"]) for g in self.param_groups])
         self._plans: Dict[Tuple[int, int], _GroupPlan] = {}
         self._build_checks()
@@ -250,6 +255,10 @@ class Optimizer:
                 raise TypeError("step: pass either grads or closure, not both")
             if not callable(closure):
                 raise TypeError(f"closure: expected a callable, got {type(closure).__name__}")
+            if self._capturing():
+                raise RuntimeError("closure: a closure step runs Python between kernels and cannot be "
+                                   "captured in a CUDA graph; capture step(grads) with static gradient "
+                                   "buffers and call graph_step() before each replay")
             return self._step_closure(closure, inv_scale, grad_scale is not None)
         if grads is None:
             raise TypeError("step: grads is required (or pass closure=)")
@@ -258,14 +267,63 @@ class Optimizer:
         multiplier = self._grad_multiplier(grad_ptrs, inv_scale, grad_scale is not None)
         if multiplier is None:
             return None
+        capturing = self._capturing()
+        self._launch(group_scalars, multiplier,
+                     lambda gi, plan, scalars: plan.run(self._slice(grad_ptrs, gi), scalars))
+        if capturing:
+            # Recorded into the graph, not run: graph_step() takes and counts each replay.
+            self._captured = True
+        else:
+            self._advance()
+        return None
+
+    def graph_step(self) -> None:
+        """Take the next step as a replay of a CUDA graph that captured ``step(grads)``.
+
+        Call it before every ``graph.replay()``, on the stream the replay runs on.
+        It advances the step count, schedules and average weight exactly as
+        ``step`` does and stages this step's scalars (learning rate, bias
+        corrections, ...) for the replay, in stream order; the graph reads the
+        gradients from the buffers it captured. Capturing ``step(grads)`` itself
+        records the update without taking a step. Clipped (``max_grad_norm``)
+        and loss-scaled steps read the norm on the host and cannot be captured.
+
+        Example
+        -------
+        >>> opt = optcore.Adam(params, lr=1e-3)            # torch CUDA tensors
+        >>> graph = torch.cuda.CUDAGraph()
+        >>> with torch.cuda.graph(graph):
+        ...     opt.step(static_grads)                      # recorded, not taken
+        >>> for batch in loader:
+        ...     compute_grads_into(static_grads, batch)
+        ...     opt.param_groups[0]["lr"] = schedule(opt.step_count)
+        ...     opt.graph_step()
+        ...     graph.replay()
+        """
+        if not self._captured:
+            raise RuntimeError("graph_step: no step(grads) of this optimizer has been captured in a "
+                               "CUDA graph; capture one first (see the docstring)")
+        self._launch(self._all_scalars(), 1.0,
+                     lambda gi, plan, scalars: plan.set_graph_scalars(scalars))
+        self._advance()
+
+    def _launch(self, group_scalars: List[List[float]], multiplier: float,
+                call: Callable[[int, "_GroupPlan", List[float]], None]) -> None:
+        """``call(gi, plan, scalars)`` for each group with that group's finished step scalars."""
         average_weight = self._next_average_weight()
         for gi, scalars in enumerate(group_scalars):
             rule = self.rule_for(self.param_groups[gi])
-            scalars = self._finish_scalars(scalars, multiplier, average_weight)
-            self._plan(gi, rule, self.state_names, main=True).run(self._slice(grad_ptrs, gi), scalars)
+            call(gi, self._plan(gi, rule, self.state_names, main=True),
+                 self._finish_scalars(scalars, multiplier, average_weight))
+
+    def _advance(self) -> None:
+        for gi in range(len(self._steps)):
             self._steps[gi] += 1
         self._count_average()
-        return None
+
+    def _capturing(self) -> bool:
+        """Whether the caller's current CUDA stream is capturing a graph."""
+        return self._device[0] == "cuda" and _plans.stream_is_capturing(self._views[0])
 
     def averaged_params(self) -> List[Any]:
         """The running averages (``average=`` option), shaped like the parameters (live views)."""
