@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
-import numpy as np
 
 from .layers import Layer
 from .losses import Loss

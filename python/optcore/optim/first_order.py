@@ -7,7 +7,7 @@ rest. The update math lives only in those headers.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .._arrays import require_range
 from .base import Optimizer, Params

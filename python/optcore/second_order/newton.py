@@ -2,7 +2,6 @@
 and the saddle-free variant (|H|, Dauphin et al. 2014)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
