@@ -353,3 +353,17 @@ def test_result_fields():
     for key in ("x", "fun", "jac", "nit", "nfev", "njev", "nhev", "success", "status", "message"):
         assert hasattr(r, key)
     assert r.njev == r.nfev and r.nit > 0 and r.status == 0
+
+
+def test_damped_newton_stops_with_a_message_when_no_damping_lowers_j():
+    """A flat J with a non-zero gradient (what a float32 run sees at its rounding floor):
+    every step is rejected and α grows past max_damping. The run ends with
+    success=False, a message and the last accepted iterate; it does not raise
+    'no positive definite H + αI', since H = I is positive definite."""
+    x0 = np.array([0.3, -0.2])
+    res = optcore.minimize(lambda x: 1.0, x0, method="newton", jac=lambda x: np.full(2, 1e-3),
+                           hess=lambda x: np.eye(2))
+    assert not res.success
+    assert "max_damping" in res.message
+    np.testing.assert_array_equal(res.x, x0)
+    assert res.nit == 0

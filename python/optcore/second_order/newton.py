@@ -173,6 +173,12 @@ def run_newton(engine: NewtonEngine, obj: Objective, hess: Callable, x, f: float
         H = 0.5 * (H + H.T)
         H_scale = float(xp.max(xp.abs(xp.diagonal(H)))) or 1.0
         for _ in range(max_rejections):
+            if engine.mode != "plain" and engine.alpha > engine.max_damping:
+                # Rejections, not an indefinite H, drove α up: typically the gradient is
+                # at the rounding floor of its dtype and no step can lower J any more.
+                return NewtonOutcome(x, f, g, nit, False, "Newton: no step lowered J before the "
+                                     "damping reached max_damping (the gradient may be at the "
+                                     "precision floor of its dtype).", 2, engine.alpha)
             step = engine.solve(H, g, xp)
             x_new = (x.astype(np.float64) + step).astype(x.dtype)
             f_new, g_new = obj(x_new)
