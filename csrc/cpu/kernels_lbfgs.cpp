@@ -37,12 +37,13 @@ typedef double V8d __attribute__((vector_size(64)));
 typedef float V8f __attribute__((vector_size(32)));
 
 // Where the candidate pair comes from: explicit arrays, or formed from the last
-// step (s = step·d_prev, y = g − g_old, both rounded to the dtype).
+// step (s = step·d_prev, y = g_new − g_old, both rounded to the dtype).
 struct Candidate {
   const void* s_new;
   const void* y_new;
   const void* d_prev;
   const void* g_old;
+  const void* g_new;
   double step;
 };
 
@@ -174,7 +175,8 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
     y_src_[i] = offset(buf.Y, slots_[i] * buf.ld, es);
   }
   const bool implicit = has_new && buf.g_old != nullptr;
-  const Candidate cand{buf.s_new, buf.y_new, buf.d, buf.g_old, buf.step};
+  const Candidate cand{buf.s_new, buf.y_new, buf.d, buf.g_old,
+                       buf.g_new != nullptr ? buf.g_new : buf.g, buf.step};
   const int64_t parts = (n_ + kPartition - 1) / kPartition;
   const int team = threads > 0 ? threads : omp_get_max_threads();
   const bool parallel = parts > 1 && team > 1;

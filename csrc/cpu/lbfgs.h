@@ -18,10 +18,12 @@ struct LbfgsBuffers {
   const void* g;      // gradient at the current iterate
   void* d;            // output direction; with g_old set, the previous direction on input
   // Candidate formed from the last step instead of read (the optimizer's case):
-  // s_new = step·d_prev and y_new = g − g_old, rounded to the dtype, never stored
-  // anywhere but the ring slot that accepts them. Saves the separate passes that
-  // would write s_new, y_new and the reads of them.
+  // s_new = step·d_prev and y_new = g_new − g_old, rounded to the dtype, never
+  // stored anywhere but the ring slot that accepts them. Saves the separate
+  // passes that would write s_new, y_new and the reads of them. g_new is
+  // normally g itself (null: g); it differs when the gradient was evaluated again.
   const void* g_old = nullptr;
+  const void* g_new = nullptr;
   double step = 0.0;
 };
 

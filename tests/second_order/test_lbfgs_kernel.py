@@ -263,3 +263,34 @@ def test_step_direction_thread_count_determinism(rng):
         np.testing.assert_array_equal(d, outs[0][0])
         np.testing.assert_array_equal(meta, outs[0][1])
         assert res == outs[0][2]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_direction_with_a_separate_g_new(rng, dtype):
+    # y = g_new − g_old where g_new is not the gradient the direction is taken at
+    # (the optimizer re-evaluates g at the start of each step).
+    n, m = 4099, 3
+    code = 0 if dtype == np.float32 else 1
+    ws_e, ws_s = _core.LbfgsWorkspace(n, m, code), _core.LbfgsWorkspace(n, m, code)
+    S_e = np.zeros((m, n), dtype); Y_e = np.zeros((m, n), dtype)
+    S_s = np.zeros((m, n), dtype); Y_s = np.zeros((m, n), dtype)
+    d_e = np.zeros(n, dtype); d_s = np.zeros(n, dtype)
+    A = rng.uniform(0.5, 2.0, n)
+    x = rng.standard_normal(n)
+    g_old = (A * x).astype(dtype)
+    ws_e.direction(_ptr(S_e), _ptr(Y_e), n, 0, 0, False, _ptr(g_old), _ptr(d_e), 1e-8)
+    ws_s.step_direction(_ptr(S_s), _ptr(Y_s), n, _ptr(d_s), 0.0, 0, False, _ptr(g_old), 1e-8)
+    for _ in range(4):
+        step = 0.7
+        x = x + step * d_e.astype(np.float64)
+        g_new = (A * x).astype(dtype)
+        g = (g_new + 1e-3 * rng.standard_normal(n)).astype(dtype)  # a later evaluation
+        s = (step * d_e.astype(np.float64)).astype(dtype)
+        y = g_new - g_old
+        acc_e = ws_e.direction(_ptr(S_e), _ptr(Y_e), n, _ptr(s), _ptr(y), True, _ptr(g), _ptr(d_e), 1e-8)
+        acc_s, _, _ = ws_s.step_direction(_ptr(S_s), _ptr(Y_s), n, _ptr(d_s), step, _ptr(g_old), True,
+                                          _ptr(g), 1e-8, 0, _ptr(g_new))
+        assert acc_s == acc_e
+        np.testing.assert_array_equal(d_s, d_e)
+        np.testing.assert_array_equal(Y_s, Y_e)
+        g_old = g
