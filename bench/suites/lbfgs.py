@@ -9,7 +9,8 @@ from typing import Any, Dict, List
 import numpy as np
 
 DESCRIPTION = ("L-BFGS: direction d = -Hg (n = 2^23, m = 10, fp32) vs a bandwidth probe of the "
-               "same ~4mn reads; one iteration beyond the closure vs torch.optim.LBFGS")
+               "same ~4mn reads, alone and in the optimizer's form (pair formed from the step); "
+               "one iteration beyond the closure vs torch.optim.LBFGS")
 
 
 def _fill_history(ws, S, Y, g, d, rng, m, n, dtype) -> None:
