@@ -53,3 +53,24 @@ def test_the_measurement_can_fail():
     # The harness itself must see a per-element temporary.
     x = np.ones(N, np.float32)
     assert _peak_bytes_of(lambda: x * 2.0) >= 4 * N
+
+
+@pytest.mark.parametrize("line_search", [None, "strong_wolfe"])
+def test_lbfgs_step_allocates_nothing_per_element(line_search):
+    # Iterates, trial points and gradients come from a reused pool; the pair is
+    # formed inside the direction kernel.
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(N).astype(np.float32)
+    c = rng.uniform(0.5, 2.0, N).astype(np.float32)
+    gbuf = np.empty(N, np.float32)
+
+    def closure(p):
+        np.multiply(c, p[0], out=gbuf)
+        return 0.5 * float(np.dot(gbuf, p[0])), [gbuf]
+
+    opt = optcore.LBFGS([x], history_size=3, line_search=line_search, max_iter=3, gtol=0.0,
+                        ftol=0.0)
+    for _ in range(3):
+        opt.step(closure)
+    peak = _peak_bytes_of(lambda: opt.step(closure))
+    assert peak < 64 * 1024, f"LBFGS.step allocated {peak} bytes for {N} parameters"

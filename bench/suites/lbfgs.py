@@ -3,12 +3,14 @@ same-run bandwidth probe for the same streams, and a full L-BFGS iteration beyon
 the closure against torch.optim.LBFGS."""
 from __future__ import annotations
 
+import time
 from typing import Any, Dict, List
 
 import numpy as np
 
 DESCRIPTION = ("L-BFGS: direction d = -Hg (n = 2^23, m = 10, fp32) vs a bandwidth probe of the "
-               "same ~4mn reads; one iteration beyond the closure vs torch.optim.LBFGS")
+               "same ~4mn reads, alone and in the optimizer's form (pair formed from the step); "
+               "one iteration beyond the closure vs torch.optim.LBFGS")
 
 
 def _fill_history(ws, S, Y, g, d, rng, m, n, dtype) -> None:
@@ -56,7 +58,59 @@ def _direction_rows(ctx, n: int, m: int) -> List[Dict[str, Any]]:
     t1 = ctx.measure(lambda: ws.direction(S.ctypes.data, Y.ctypes.data, n, 0, 0, False, g.ctypes.data,
                                           d.ctypes.data, 1e-8, 1), min_time_s=min_t)
     rows.append(ctx.row("lbfgs", case, "optcore 1 thread", t1, bytes_moved))
+    rows += _step_direction_rows(ctx, ws, S, Y, g, d, rng, m, n, min_t)
     return rows
+
+
+def _step_direction_rows(ctx, ws, S, Y, g, d, rng, m, n, min_t) -> List[Dict[str, Any]]:
+    """The optimizer's form (what each optcore.LBFGS iteration runs): the pair
+    s = step·d_prev, y = g − g_old is formed inside the passes and accepted into
+    the full ring, evicting the oldest pair. Pass 1 reads the 2m stored vectors,
+    g, d_prev and g_old; pass 2 reads the 2m − 2 kept ones, g, d_prev and g_old
+    and writes d (over d_prev) and the new slot. The probe streams exactly that."""
+    dtype = S.dtype
+    step = 1e-3
+    c = rng.uniform(0.5, 2.0, n).astype(dtype)
+    g_old = np.zeros(n, dtype)
+
+    def prepare():
+        np.subtract(g, c * (step * d), out=g_old)  # y = c ⊙ s: positive curvature, accepted
+
+    def step_direction():
+        ok, _, _ = ws.step_direction(S.ctypes.data, Y.ctypes.data, n, d.ctypes.data, step,
+                                     g_old.ctypes.data, True, g.ctypes.data, 1e-8)
+        assert ok
+
+    def timed():
+        # Only the kernel: the pair's sources are prepared outside the timed call.
+        prepare()
+        t0 = time.perf_counter()
+        step_direction()
+        return time.perf_counter() - t0
+
+    oldest = ws.oldest
+    kept = [i for i in range(m) if i != oldest]
+    pass1 = ctx.bandwidth_probe_fn([S[i] for i in range(m)] + [Y[i] for i in range(m)] + [g, d, g_old], [])
+    pass2 = ctx.bandwidth_probe_fn([S[i] for i in kept] + [Y[i] for i in kept] + [g, d, g_old],
+                                   [d, S[oldest], Y[oldest]])
+
+    def probe():
+        pass1()
+        pass2()
+
+    itemsize = S.itemsize
+    bytes_moved = itemsize * n * ((2 * m + 3) + (2 * m + 1) + 3)
+    tp = ctx.measure(probe, min_time_s=min_t)
+    # The probe wrote means into d and the oldest slot: a real direction again.
+    ws.direction(S.ctypes.data, Y.ctypes.data, n, 0, 0, False, g.ctypes.data, d.ctypes.data, 1e-8)
+    from bench.harness import timing_from_samples
+    for _ in range(2):
+        timed()
+    samples = [timed() for _ in range(max(5, int(min_t / 0.05)))]
+    td = timing_from_samples(samples)
+    case = f"direction + pair from the step fp32 n={n} m={m}"
+    return [ctx.row("lbfgs", case, "probe (same streams)", tp, bytes_moved),
+            ctx.row("lbfgs", case, "optcore", td, bytes_moved, probe_timing=tp)]
 
 
 def _iteration_rows(ctx, n: int, m: int) -> List[Dict[str, Any]]:

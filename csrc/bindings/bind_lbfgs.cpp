@@ -30,7 +30,31 @@ bool lbfgs_direction(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y, int64_t 
     throw py::value_error("lbfgs_direction: null data pointer");
   cpu::LbfgsBuffers buf{as_ptr(S), as_ptr(Y), ld, as_ptr(s_new), as_ptr(y_new), as_ptr(g), as_ptr(d)};
   py::gil_scoped_release release;
-  return ws.direction(buf, has_new, eps, threads);
+  return ws.direction(buf, has_new, eps, threads).accepted;
+}
+
+// The optimizer's form: the candidate is the last step, s = step·d (d holds the
+// previous direction on entry) and y = g_new − g_old (g_new = 0: g), formed
+// inside the two passes.
+py::tuple lbfgs_step_direction(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y, int64_t ld,
+                               uintptr_t d, double step, uintptr_t g_old, bool has_new, uintptr_t g,
+                               double eps, int threads, uintptr_t g_new) {
+  if (ld < ws.n()) throw py::value_error("ld: slot stride must be at least n = " + std::to_string(ws.n()));
+  if (!(eps >= 0.0) || !std::isfinite(eps)) throw py::value_error("eps: curvature tolerance must be finite and >= 0");
+  if (threads < 0) throw py::value_error("threads: must be >= 0 (0 = all)");
+  if (has_new && !std::isfinite(step)) throw py::value_error("step: must be finite");
+  if (ws.n() > 0 && (S == 0 || Y == 0 || g == 0 || d == 0 || (has_new && g_old == 0)))
+    throw py::value_error("lbfgs_step_direction: null data pointer");
+  cpu::LbfgsBuffers buf{as_ptr(S), as_ptr(Y), ld, nullptr, nullptr, as_ptr(g), as_ptr(d)};
+  buf.g_old = has_new ? as_ptr(g_old) : nullptr;
+  buf.g_new = has_new && g_new != 0 ? as_ptr(g_new) : nullptr;
+  buf.step = step;
+  cpu::LbfgsOutcome out;
+  {
+    py::gil_scoped_release release;
+    out = ws.direction(buf, has_new, eps, threads);
+  }
+  return py::make_tuple(out.accepted, out.g_dot_d, out.g_dot_g);
 }
 
 void bind_lbfgs(py::module_& m) {
@@ -42,6 +66,12 @@ void bind_lbfgs(py::module_& m) {
            py::arg("threads") = 0,
            "Offer the candidate pair (s_new, y_new) if has_new, then write d = -H g. "
            "Returns whether the pair was accepted.")
+      .def("step_direction", &lbfgs_step_direction, py::arg("S"), py::arg("Y"), py::arg("ld"),
+           py::arg("d"), py::arg("step"), py::arg("g_old"), py::arg("has_new"), py::arg("g"),
+           py::arg("eps"), py::arg("threads") = 0, py::arg("g_new") = 0,
+           "Offer the pair s = step*d, y = g_new - g_old (d: the previous direction; g_new = 0: g) "
+           "if has_new, then overwrite d with -H g. Returns (accepted, g.d, g.g), the products "
+           "in float64.")
       .def("reset", &cpu::LbfgsWorkspace::reset)
       .def_property_readonly("n", &cpu::LbfgsWorkspace::n)
       .def_property_readonly("m", &cpu::LbfgsWorkspace::m)

@@ -5,19 +5,24 @@
 //
 // Determinism: the vector is cut into fixed partitions of kPartition elements
 // whatever the thread count; each partition's sums are accumulated in float64
-// in a fixed order (eight interleaved lanes, then tiles in order) and the
+// in a fixed order (eight interleaved lanes, then the scalar tail) and the
 // partitions are added in index order. Threads only decide who computes which
 // partition, never the order of an addition.
 #include "cpu/lbfgs.h"
 
 #include <omp.h>
+#if defined(OPTCORE_X86)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
-#pragma GCC diagnostic ignored "-Wpsabi"  // vector types never cross a call boundary
+#include "cpu/update_executor.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector values never cross a call boundary (pointers do)
 
 namespace optcore {
 namespace cpu {
@@ -26,121 +31,24 @@ namespace {
 constexpr int kLanes = 8;
 
 // Eight float64 lanes as a GCC vector: the same operations, in the same order,
-// whichever instruction set the clone below is compiled for.
+// whichever instruction set the passes below are compiled for, so the result
+// does not depend on it (no FMA: the module is built with -ffp-contract=off).
 typedef double V8d __attribute__((vector_size(64)));
 typedef float V8f __attribute__((vector_size(32)));
 
-template <typename T>
-inline __attribute__((always_inline)) V8d load8(const T* p);
-template <>
-inline __attribute__((always_inline)) V8d load8<float>(const float* p) {
-  V8f v;
-  std::memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(v, V8d);
-}
-template <>
-inline __attribute__((always_inline)) V8d load8<double>(const double* p) {
-  V8d v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename T>
-inline __attribute__((always_inline)) void store8(T* p, V8d v);
-template <>
-inline __attribute__((always_inline)) void store8<float>(float* p, V8d v) {
-  const V8f f = __builtin_convertvector(v, V8f);
-  std::memcpy(p, &f, sizeof f);
-}
-template <>
-inline __attribute__((always_inline)) void store8<double>(double* p, V8d v) {
-  std::memcpy(p, &v, sizeof v);
-}
-
-// Σ a[i]·b_k[i] for K right-hand vectors, one read of a. Lanes are summed in
-// a fixed tree so every instruction set gives the same bits (no FMA: the
-// module is built with -ffp-contract=off).
-template <typename T, int K>
-inline __attribute__((always_inline)) void dot_tile(const T* a, const T* const* b, int64_t len,
-                                                    double* out) {
-  V8d lane[K];
-  double tail[K];
-  for (int k = 0; k < K; ++k) {
-    lane[k] = V8d{};
-    tail[k] = 0.0;
-  }
-  int64_t i = 0;
-  for (; i + kLanes <= len; i += kLanes) {
-    const V8d av = load8(a + i);
-    for (int k = 0; k < K; ++k) lane[k] += av * load8(b[k] + i);
-  }
-  for (; i < len; ++i)
-    for (int k = 0; k < K; ++k) tail[k] += static_cast<double>(a[i]) * static_cast<double>(b[k][i]);
-  for (int k = 0; k < K; ++k) {
-    const V8d v = lane[k];
-    out[k] += (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))) + tail[k];
-  }
-}
-
-struct Pass1Tile {
-  const void* const* s_slots;  // count stored s vectors (already offset to the tile)
-  const void* const* y_slots;
-  int count;
-  const void* g;
+// Where the candidate pair comes from: explicit arrays, or formed from the last
+// step (s = step·d_prev, y = g_new − g_old, both rounded to the dtype).
+struct Candidate {
   const void* s_new;
   const void* y_new;
-  bool has_new;
-  int64_t len;
+  const void* d_prev;
+  const void* g_old;
+  const void* g_new;
+  double step;
 };
 
-// Inner products of one tile, added to `acc` in slot order (LbfgsLayout
-// indices, but per logical position: acc[dot_sg(i)] for the i-th stored pair).
-template <typename T>
-inline __attribute__((always_inline)) void pass1_tile(const Pass1Tile& t, const LbfgsLayout& L,
-                                                      const int* slots, double* acc) {
-  const T* g = static_cast<const T*>(t.g);
-  const T* yn = static_cast<const T*>(t.y_new);
-  const T* sn = static_cast<const T*>(t.s_new);
-  for (int i = 0; i < t.count; ++i) {
-    const T* s = static_cast<const T*>(t.s_slots[i]);
-    const T* y = static_cast<const T*>(t.y_slots[i]);
-    const int slot = slots[i];
-    if (t.has_new) {
-      const T* rhs[2] = {g, yn};
-      double o[2] = {0.0, 0.0};
-      dot_tile<T, 2>(s, rhs, t.len, o);
-      acc[L.dot_sg(slot)] += o[0];
-      acc[L.dot_s_ynew(slot)] += o[1];
-      o[0] = o[1] = 0.0;
-      dot_tile<T, 2>(y, rhs, t.len, o);
-      acc[L.dot_yg(slot)] += o[0];
-      acc[L.dot_y_ynew(slot)] += o[1];
-    } else {
-      const T* rhs[1] = {g};
-      double o[1] = {0.0};
-      dot_tile<T, 1>(s, rhs, t.len, o);
-      acc[L.dot_sg(slot)] += o[0];
-      o[0] = 0.0;
-      dot_tile<T, 1>(y, rhs, t.len, o);
-      acc[L.dot_yg(slot)] += o[0];
-    }
-  }
-  if (t.has_new) {
-    const T* rs[3] = {g, yn, sn};
-    double o[3] = {0.0, 0.0, 0.0};
-    dot_tile<T, 3>(sn, rs, t.len, o);
-    acc[L.dot_new_sg()] += o[0];
-    acc[L.dot_new_sy()] += o[1];
-    acc[L.dot_new_ss()] += o[2];
-    const T* ry[2] = {g, yn};
-    double p[2] = {0.0, 0.0};
-    dot_tile<T, 2>(yn, ry, t.len, p);
-    acc[L.dot_new_yg()] += p[0];
-    acc[L.dot_new_yy()] += p[1];
-  }
-}
-
-struct Pass2Tile {
-  const void* const* s_src;  // per logical pair: where to read s (ring slot or candidate)
+struct Pass2Args {
+  const void* const* s_src;  // per logical pair (the accepted candidate: its ring slot)
   const void* const* y_src;
   const double* cs;          // per logical pair coefficients
   const double* cy;
@@ -149,77 +57,67 @@ struct Pass2Tile {
   const void* g;
   void* s_dest;  // ring slot receiving the accepted candidate (nullptr: none)
   void* y_dest;
-  const void* s_new;
-  const void* y_new;
+  Candidate cand;
+  bool implicit;
   void* d;
-  int64_t len;
 };
 
-// d = cg·g + Σ cs_i s_i + Σ cy_i y_i, accumulated in float64 in pair order.
-// `acc` holds kTile doubles (a multiple of 8); the tail is padded, not peeled.
-template <typename T>
-inline __attribute__((always_inline)) void pass2_tile(const Pass2Tile& t, double* acc) {
-  const int64_t body = t.len & ~int64_t(kLanes - 1);
-  const T* g = static_cast<const T*>(t.g);
-  const V8d cg = V8d{} + t.cg;
-  for (int64_t i = 0; i < body; i += kLanes) {
-    const V8d v = cg * load8(g + i);
-    std::memcpy(acc + i, &v, sizeof v);
-  }
-  for (int64_t i = body; i < t.len; ++i) acc[i] = t.cg * static_cast<double>(g[i]);
-  for (int k = 0; k < t.count; ++k) {
-    const T* s = static_cast<const T*>(t.s_src[k]);
-    const T* y = static_cast<const T*>(t.y_src[k]);
-    const V8d cs = V8d{} + t.cs[k], cy = V8d{} + t.cy[k];
-    for (int64_t i = 0; i < body; i += kLanes) {
-      V8d a;
-      std::memcpy(&a, acc + i, sizeof a);
-      a += cs * load8(s + i);
-      a += cy * load8(y + i);
-      std::memcpy(acc + i, &a, sizeof a);
-    }
-    for (int64_t i = body; i < t.len; ++i) {
-      acc[i] += t.cs[k] * static_cast<double>(s[i]);
-      acc[i] += t.cy[k] * static_cast<double>(y[i]);
-    }
-  }
-  if (t.s_dest != nullptr) {
-    std::copy_n(static_cast<const T*>(t.s_new), t.len, static_cast<T*>(t.s_dest));
-    std::copy_n(static_cast<const T*>(t.y_new), t.len, static_cast<T*>(t.y_dest));
-  }
-  T* d = static_cast<T*>(t.d);
-  for (int64_t i = 0; i < body; i += kLanes) {
-    V8d a;
-    std::memcpy(&a, acc + i, sizeof a);
-    store8(d + i, a);
-  }
-  for (int64_t i = body; i < t.len; ++i) d[i] = static_cast<T>(acc[i]);
-}
-
-// One compiled body per instruction set, picked at load time; the arithmetic
-// (and so the result) is the same on each.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void pass1_tile_f32(
-    const Pass1Tile& t, const LbfgsLayout& L, const int* slots, double* acc) {
-  pass1_tile<float>(t, L, slots, acc);
-}
-__attribute__((target_clones("avx512f", "avx2", "default"))) void pass1_tile_f64(
-    const Pass1Tile& t, const LbfgsLayout& L, const int* slots, double* acc) {
-  pass1_tile<double>(t, L, slots, acc);
-}
-__attribute__((target_clones("avx512f", "avx2", "default"))) void pass2_tile_f32(const Pass2Tile& t,
-                                                                                 double* acc) {
-  pass2_tile<float>(t, acc);
-}
-__attribute__((target_clones("avx512f", "avx2", "default"))) void pass2_tile_f64(const Pass2Tile& t,
-                                                                                 double* acc) {
-  pass2_tile<double>(t, acc);
-}
+typedef void (*Pass1Fn)(const void* const*, const void* const*, int, const void*, const Candidate&,
+                        int64_t, int64_t, double*, double*, double*);
+typedef double (*Pass2Fn)(const Pass2Args&, int64_t, int64_t);
 
 inline const void* offset(const void* p, int64_t elements, int elem_size) {
   return static_cast<const char*>(p) + elements * elem_size;
 }
 inline void* offset(void* p, int64_t elements, int elem_size) {
   return static_cast<char*>(p) + elements * elem_size;
+}
+
+namespace lbfgs_base {
+inline __attribute__((always_inline)) V8d widen(const V8f& v) { return __builtin_convertvector(v, V8d); }
+inline __attribute__((always_inline)) V8f narrow(const V8d& v) { return __builtin_convertvector(v, V8f); }
+#include "cpu/lbfgs_passes.inc"
+}  // namespace lbfgs_base
+
+#if defined(OPTCORE_X86)
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace lbfgs_avx2 {
+inline __attribute__((always_inline)) V8d widen(const V8f& v) { return __builtin_convertvector(v, V8d); }
+inline __attribute__((always_inline)) V8f narrow(const V8d& v) { return __builtin_convertvector(v, V8f); }
+#include "cpu/lbfgs_passes.inc"
+}  // namespace lbfgs_avx2
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,prefer-vector-width=512")
+namespace lbfgs_avx512 {
+// Zero-masked forms with every lane selected: the plain intrinsics start from an
+// "undefined" vector that GCC 12 warns about.
+inline __attribute__((always_inline)) V8d widen(const V8f& v) { return (V8d)_mm512_maskz_cvtps_pd(0xFF, (__m256)v); }
+inline __attribute__((always_inline)) V8f narrow(const V8d& v) { return (V8f)_mm512_maskz_cvtpd_ps(0xFF, (__m512d)v); }
+#include "cpu/lbfgs_passes.inc"
+}  // namespace lbfgs_avx512
+#pragma GCC pop_options
+#endif
+
+// The executor's active instruction set (OPTCORE_CPU_ISA / set_cpu_isa lower it).
+Pass1Fn select_pass1(int dtype, bool has_new, bool implicit) {
+  switch (active_isa()) {
+#if defined(OPTCORE_X86)
+    case Isa::Avx512: return lbfgs_avx512::pass1_for(dtype, has_new, implicit);
+    case Isa::Avx2: return lbfgs_avx2::pass1_for(dtype, has_new, implicit);
+#endif
+    default: return lbfgs_base::pass1_for(dtype, has_new, implicit);
+  }
+}
+Pass2Fn select_pass2(int dtype) {
+  switch (active_isa()) {
+#if defined(OPTCORE_X86)
+    case Isa::Avx512: return lbfgs_avx512::pass2_for(dtype);
+    case Isa::Avx2: return lbfgs_avx2::pass2_for(dtype);
+#endif
+    default: return lbfgs_base::pass2_for(dtype);
+  }
 }
 
 }  // namespace
@@ -231,11 +129,33 @@ LbfgsWorkspace::LbfgsWorkspace(int64_t n, int m, int dtype) : n_(n), dtype_(dtyp
   const int64_t parts = std::max<int64_t>(1, (n + kPartition - 1) / kPartition);
   meta_.assign(layout_.meta_size(), 0.0);
   meta_[layout_.gamma()] = 1.0;
-  partials_.assign(parts * layout_.dot_count(), 0.0);
+  partials_.assign(parts * row_size(), 0.0);
+  partials2_.assign(parts, 0.0);
+  sums_.assign(row_size(), 0.0);
   dots_.assign(layout_.dot_count(), 0.0);
   coef_.assign(layout_.coef_size(), 0.0);
   work_.assign(4 * m, 0.0);
   slots_.assign(m, 0);
+  s_src_.assign(m, nullptr);
+  y_src_.assign(m, nullptr);
+  reserve_threads(omp_get_max_threads());
+}
+
+// Per thread: the float64 lanes (8 per product) and tails of pass 1.
+int64_t LbfgsWorkspace::scratch_stride() const {
+  return (int64_t(kLanes) * row_size() + row_size() + 7) / 8 * 8;
+}
+
+void LbfgsWorkspace::reserve_threads(int team) {
+  const size_t want = static_cast<size_t>(std::max(team, 1) * scratch_stride() + 8);
+  if (scratch_.size() < want) scratch_.assign(want, 0.0);
+}
+
+double* LbfgsWorkspace::thread_scratch(int thread) {
+  // 64-byte aligned: the lanes are read as whole vectors.
+  const uintptr_t p = reinterpret_cast<uintptr_t>(scratch_.data());
+  double* base = reinterpret_cast<double*>((p + 63) & ~uintptr_t(63));
+  return base + thread * scratch_stride();
 }
 
 void LbfgsWorkspace::reset() {
@@ -243,51 +163,61 @@ void LbfgsWorkspace::reset() {
   meta_[layout_.gamma()] = 1.0;
 }
 
-bool LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, double eps, int threads) {
+LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, double eps, int threads) {
   const LbfgsLayout& L = layout_;
   const int m = L.m;
   const int es = dtype_ == 1 ? 8 : 4;
-  const int K = L.dot_count();
   const int count = static_cast<int>(meta_[L.count()]);
   const int oldest = static_cast<int>(meta_[L.oldest()]);
-  for (int i = 0; i < count; ++i) slots_[i] = (oldest + i) % m;
+  for (int i = 0; i < count; ++i) {
+    slots_[i] = (oldest + i) % m;
+    s_src_[i] = offset(buf.S, slots_[i] * buf.ld, es);
+    y_src_[i] = offset(buf.Y, slots_[i] * buf.ld, es);
+  }
+  const bool implicit = has_new && buf.g_old != nullptr;
+  const Candidate cand{buf.s_new, buf.y_new, buf.d, buf.g_old,
+                       buf.g_new != nullptr ? buf.g_new : buf.g, buf.step};
   const int64_t parts = (n_ + kPartition - 1) / kPartition;
   const int team = threads > 0 ? threads : omp_get_max_threads();
   const bool parallel = parts > 1 && team > 1;
+  reserve_threads(parallel ? team : 1);  // grows only for a larger team than any before
+  const int64_t row = row_size();
+  const int used = 4 * count + 6;
 
   // Pass 1: inner products per partition.
-#pragma omp parallel for schedule(static) num_threads(team) if (parallel)
-  for (int64_t p = 0; p < parts; ++p) {
-    double* acc = partials_.data() + p * K;
-    std::fill(acc, acc + K, 0.0);
-    const void* s_ptr[1024];
-    const void* y_ptr[1024];
-    const int64_t end = std::min(n_, (p + 1) * kPartition);
-    for (int64_t begin = p * kPartition; begin < end; begin += kTile) {
-      const int64_t len = std::min(kTile, end - begin);
-      for (int i = 0; i < count; ++i) {
-        s_ptr[i] = offset(buf.S, slots_[i] * buf.ld + begin, es);
-        y_ptr[i] = offset(buf.Y, slots_[i] * buf.ld + begin, es);
-      }
-      Pass1Tile t{s_ptr,
-                  y_ptr,
-                  count,
-                  offset(buf.g, begin, es),
-                  has_new ? offset(buf.s_new, begin, es) : nullptr,
-                  has_new ? offset(buf.y_new, begin, es) : nullptr,
-                  has_new,
-                  len};
-      if (dtype_ == 1)
-        pass1_tile_f64(t, L, slots_.data(), acc);
-      else
-        pass1_tile_f32(t, L, slots_.data(), acc);
+  const Pass1Fn pass1 = select_pass1(dtype_, has_new, implicit);
+  const Pass2Fn pass2 = select_pass2(dtype_);
+#pragma omp parallel num_threads(team) if (parallel)
+  {
+    double* scratch = thread_scratch(parallel ? omp_get_thread_num() : 0);
+    double* tail = scratch + kLanes * row;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
+      pass1(s_src_.data(), y_src_.data(), count, buf.g, cand, begin, end, scratch, tail,
+            partials_.data() + p * row);
     }
   }
-  std::fill(dots_.begin(), dots_.end(), 0.0);
+  std::fill(sums_.begin(), sums_.end(), 0.0);
   for (int64_t p = 0; p < parts; ++p) {
-    const double* acc = partials_.data() + p * K;
-    for (int k = 0; k < K; ++k) dots_[k] += acc[k];
+    const double* acc = partials_.data() + p * row;
+    for (int k = 0; k < used; ++k) sums_[k] += acc[k];
   }
+  std::fill(dots_.begin(), dots_.end(), 0.0);
+  for (int i = 0; i < count; ++i) {
+    dots_[L.dot_sg(slots_[i])] = sums_[4 * i];
+    dots_[L.dot_s_ynew(slots_[i])] = sums_[4 * i + 1];
+    dots_[L.dot_yg(slots_[i])] = sums_[4 * i + 2];
+    dots_[L.dot_y_ynew(slots_[i])] = sums_[4 * i + 3];
+  }
+  const double* cand_sums = sums_.data() + 4 * count;
+  dots_[L.dot_new_sg()] = cand_sums[0];
+  dots_[L.dot_new_sy()] = cand_sums[1];
+  dots_[L.dot_new_ss()] = cand_sums[2];
+  dots_[L.dot_new_yg()] = cand_sums[3];
+  dots_[L.dot_new_yy()] = cand_sums[4];
+  LbfgsOutcome out;
+  out.g_dot_g = cand_sums[5];
 
   lbfgs_compact_solve(L, meta_.data(), dots_.data(), has_new, eps, coef_.data(), work_.data());
   const int dest = static_cast<int>(coef_[L.coef_dest()]);
@@ -297,50 +227,35 @@ bool LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, double eps
   double* cy = work_.data() + m;
   for (int i = 0; i < new_count; ++i) {
     const int slot = (new_oldest + i) % m;
-    slots_[i] = slot;
+    s_src_[i] = offset(buf.S, slot * buf.ld, es);
+    y_src_[i] = offset(buf.Y, slot * buf.ld, es);
     cs[i] = coef_[L.coef_s(slot)];
     cy[i] = coef_[L.coef_y(slot)];
   }
 
-  // Pass 2: d = −Hg, and the accepted candidate copied into its ring slot.
+  // Pass 2: d = −Hg (and gᵀd), the accepted candidate written into its ring slot.
+  const Pass2Args t{s_src_.data(),
+                    y_src_.data(),
+                    cs,
+                    cy,
+                    new_count,
+                    coef_[L.coef_g()],
+                    buf.g,
+                    dest >= 0 ? offset(buf.S, dest * buf.ld, es) : nullptr,
+                    dest >= 0 ? offset(buf.Y, dest * buf.ld, es) : nullptr,
+                    cand,
+                    implicit,
+                    buf.d};
 #pragma omp parallel for schedule(static) num_threads(team) if (parallel)
   for (int64_t p = 0; p < parts; ++p) {
-    double acc[kTile];
-    const void* s_ptr[1024];
-    const void* y_ptr[1024];
-    const int64_t end = std::min(n_, (p + 1) * kPartition);
-    for (int64_t begin = p * kPartition; begin < end; begin += kTile) {
-      const int64_t len = std::min(kTile, end - begin);
-      for (int i = 0; i < new_count; ++i) {
-        if (slots_[i] == dest) {
-          s_ptr[i] = offset(buf.s_new, begin, es);
-          y_ptr[i] = offset(buf.y_new, begin, es);
-        } else {
-          s_ptr[i] = offset(buf.S, slots_[i] * buf.ld + begin, es);
-          y_ptr[i] = offset(buf.Y, slots_[i] * buf.ld + begin, es);
-        }
-      }
-      Pass2Tile t{s_ptr,
-                  y_ptr,
-                  cs,
-                  cy,
-                  new_count,
-                  coef_[L.coef_g()],
-                  offset(buf.g, begin, es),
-                  dest >= 0 ? offset(buf.S, dest * buf.ld + begin, es) : nullptr,
-                  dest >= 0 ? offset(buf.Y, dest * buf.ld + begin, es) : nullptr,
-                  has_new ? offset(buf.s_new, begin, es) : nullptr,
-                  has_new ? offset(buf.y_new, begin, es) : nullptr,
-                  offset(buf.d, begin, es),
-                  len};
-      if (dtype_ == 1)
-        pass2_tile_f64(t, acc);
-      else
-        pass2_tile_f32(t, acc);
-    }
+    const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
+    partials2_[p] = pass2(t, begin, end);
   }
-  return dest >= 0;
+  for (int64_t p = 0; p < parts; ++p) out.g_dot_d += partials2_[p];
+  out.accepted = dest >= 0;
+  return out;
 }
+
 
 }  // namespace cpu
 }  // namespace optcore

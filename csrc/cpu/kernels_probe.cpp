@@ -1,13 +1,15 @@
 // Bandwidth probe kernel (see kernels_probe.h): every write stream gets
 // mean(reads) (or a constant when there are no reads).
 // The mean keeps in-place streams bounded and away from denormals, so the
-// timing never depends on the values. The accumulator lives in L1, so the
-// DRAM traffic is exactly one read per read stream and one write per write
+// timing never depends on the values. The accumulator lives in registers, so
+// the DRAM traffic is exactly one read per read stream and one write per write
 // stream (plus the store's read-for-ownership, as for any optimizer store).
 // kMaxFixedReads/kMaxFixedWrites bound the fused loops instantiated below.
 #include "cpu/kernels_probe.h"
 
 #include <omp.h>
+
+#include <atomic>
 
 #include "cpu/update_executor.h"
 
@@ -15,9 +17,12 @@ namespace optcore {
 namespace cpu {
 namespace {
 
-constexpr int64_t kBlock = 1024;
 constexpr int kMaxFixedReads = 6;
 constexpr int kMaxFixedWrites = 5;
+
+// Read-only probes keep their sums here (relaxed: only the loads must happen).
+std::atomic<double> probe_sink{0.0};
+inline void probe_sink_store(double v) { probe_sink.store(v, std::memory_order_relaxed); }
 
 // Fixed stream counts: one element loop over all streams at once, so every
 // stream advances continuously like in the update executor (a blocked loop
@@ -65,31 +70,62 @@ constexpr int kMaxFixedWrites = 5;
       default: return false;                                                             \
     }                                                                                    \
   }                                                                                      \
-  /* Any other stream counts: blocked through an L1 accumulator. */                      \
+  /* Any other stream counts (the L-BFGS passes read 2m+1 streams, and the first \
+     writes none): the same single sweep, all streams advancing together a few   \
+     cache lines at a time with the running sums in registers. Measured against  \
+     the blocked alternatives (each stream visited for 4-128 KiB at a time, with  \
+     and without software prefetch) this was the fastest for 21 streams, and as  \
+     fast as one contiguous read of the same bytes. With no write stream the sums \
+     land in a sink so the loads stay. */                                         \
+  template <typename T>                                                                  \
+  void probe_generic(const void* const* ptrs, int n_reads, int n_writes, int64_t begin,  \
+                     int64_t length) {                                                   \
+    typedef T Vec __attribute__((vector_size(64)));                                      \
+    constexpr int kLanes = 64 / sizeof(T);                                               \
+    constexpr int kVecs = 4; /* 256 bytes of every stream per step */                    \
+    constexpr int kStep = kLanes * kVecs;                                                \
+    const T scale = n_reads > 0 ? T(1) / T(n_reads) : T(0);                              \
+    const T init = n_reads > 0 ? T(0) : T(1);                                            \
+    Vec keep = Vec{};                                                                    \
+    int64_t j = 0;                                                                       \
+    for (; j + kStep <= length; j += kStep) {                                            \
+      Vec acc[kVecs];                                                                    \
+      for (int v = 0; v < kVecs; ++v) acc[v] = Vec{} + init;                             \
+      for (int k = 0; k < n_reads; ++k) {                                                \
+        const T* r = static_cast<const T*>(ptrs[k]) + begin + j;                         \
+        for (int v = 0; v < kVecs; ++v) {                                                \
+          Vec x;                                                                         \
+          __builtin_memcpy(&x, r + v * kLanes, sizeof x);                                \
+          acc[v] += x;                                                                   \
+        }                                                                                \
+      }                                                                                  \
+      for (int k = 0; k < n_writes; ++k) {                                               \
+        T* w = static_cast<T*>(const_cast<void*>(ptrs[n_reads + k])) + begin + j;        \
+        for (int v = 0; v < kVecs; ++v) {                                                \
+          const Vec y = acc[v] * scale;                                                  \
+          __builtin_memcpy(w + v * kLanes, &y, sizeof y);                                \
+        }                                                                                \
+      }                                                                                  \
+      for (int v = 0; v < kVecs; ++v) keep += acc[v];                                    \
+    }                                                                                    \
+    for (; j < length; ++j) {                                                            \
+      T acc = init;                                                                      \
+      for (int k = 0; k < n_reads; ++k) acc += static_cast<const T*>(ptrs[k])[begin + j]; \
+      for (int k = 0; k < n_writes; ++k)                                                 \
+        static_cast<T*>(const_cast<void*>(ptrs[n_reads + k]))[begin + j] = acc * scale;  \
+      keep[0] += acc;                                                                    \
+    }                                                                                    \
+    if (n_writes == 0) {                                                                 \
+      T sum = T(0);                                                                      \
+      for (int v = 0; v < kLanes; ++v) sum += keep[v];                                   \
+      probe_sink_store(static_cast<double>(sum));                                        \
+    }                                                                                    \
+  }                                                                                      \
   template <typename T>                                                                  \
   void probe_chunk(const void* const* ptrs, int n_reads, int n_writes, int64_t begin,    \
                    int64_t length) {                                                     \
     if (probe_dispatch<T>(ptrs, n_reads, n_writes, begin, length)) return;               \
-    alignas(64) T acc[kBlock];                                                           \
-    const T scale = n_reads > 0 ? T(1) / T(n_reads) : T(0);                              \
-    for (int64_t b = 0; b < length; b += kBlock) {                                       \
-      const int64_t n = length - b < kBlock ? length - b : kBlock;                       \
-      const int64_t off = begin + b;                                                     \
-      if (n_reads == 0) {                                                                \
-        for (int64_t j = 0; j < n; ++j) acc[j] = T(1);                                   \
-      } else {                                                                           \
-        const T* __restrict r0 = static_cast<const T*>(ptrs[0]) + off;                   \
-        for (int64_t j = 0; j < n; ++j) acc[j] = r0[j];                                  \
-        for (int k = 1; k < n_reads; ++k) {                                              \
-          const T* __restrict r = static_cast<const T*>(ptrs[k]) + off;                  \
-          for (int64_t j = 0; j < n; ++j) acc[j] += r[j];                                \
-        }                                                                                \
-      }                                                                                  \
-      for (int k = 0; k < n_writes; ++k) {                                               \
-        T* __restrict w = static_cast<T*>(const_cast<void*>(ptrs[n_reads + k])) + off;   \
-        for (int64_t j = 0; j < n; ++j) w[j] = acc[j] * scale;                           \
-      }                                                                                  \
-    }                                                                                    \
+    probe_generic<T>(ptrs, n_reads, n_writes, begin, length);                            \
   }                                                                                      \
   void run(const ProbeLaunch& L) {                                                       \
     _Pragma("omp parallel for schedule(static) num_threads(L.threads) if (L.threads > 1)") \

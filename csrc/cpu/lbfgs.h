@@ -13,19 +13,35 @@ struct LbfgsBuffers {
   void* S;            // m slots of ld elements (row-major), s vectors
   void* Y;            // m slots of ld elements, y vectors
   int64_t ld;         // slot stride in elements (>= n)
-  const void* s_new;  // candidate pair (read when has_new)
+  const void* s_new;  // explicit candidate pair (read when has_new and g_old is null)
   const void* y_new;
   const void* g;      // gradient at the current iterate
-  void* d;            // output direction
+  void* d;            // output direction; with g_old set, the previous direction on input
+  // Candidate formed from the last step instead of read (the optimizer's case):
+  // s_new = step·d_prev and y_new = g_new − g_old, rounded to the dtype, never
+  // stored anywhere but the ring slot that accepts them. Saves the separate
+  // passes that would write s_new, y_new and the reads of them. g_new is
+  // normally g itself (null: g); it differs when the gradient was evaluated again.
+  const void* g_old = nullptr;
+  const void* g_new = nullptr;
+  double step = 0.0;
+};
+
+// What a direction call found besides d: whether the candidate was accepted,
+// gᵀd for the new d (as stored, in the dtype) and gᵀg, both summed in float64
+// over the same fixed partitions as the history products.
+struct LbfgsOutcome {
+  bool accepted = false;
+  double g_dot_d = 0.0;
+  double g_dot_g = 0.0;
 };
 
 class LbfgsWorkspace {
  public:
   LbfgsWorkspace(int64_t n, int m, int dtype);
 
-  // Offer the candidate pair (if has_new), then write d = −H g.
-  // Returns whether the candidate was accepted. Allocates nothing.
-  bool direction(const LbfgsBuffers& buf, bool has_new, double eps, int threads);
+  // Offer the candidate pair (if has_new), then write d = −H g. Allocates nothing.
+  LbfgsOutcome direction(const LbfgsBuffers& buf, bool has_new, double eps, int threads);
 
   void reset();
   int64_t n() const { return n_; }
@@ -37,14 +53,21 @@ class LbfgsWorkspace {
 
   // Elements per reduction partition: fixed, so sums do not depend on threads.
   static constexpr int64_t kPartition = 32768;
-  static constexpr int64_t kTile = 16384;
 
  private:
+  // Pass-1 products per partition: 4 per stored pair, 5 of the candidate, gᵀg.
+  int64_t row_size() const { return 4 * int64_t(layout_.m) + 6; }
+  int64_t scratch_stride() const;
+  void reserve_threads(int team);
+  double* thread_scratch(int thread);
+
   int64_t n_;
   int dtype_;
   LbfgsLayout layout_;
-  std::vector<double> meta_, partials_, dots_, coef_, work_;
+  // partials_: per partition, the layout's dots then gᵀg; partials2_: gᵀd.
+  std::vector<double> meta_, partials_, partials2_, sums_, dots_, coef_, work_, scratch_;
   std::vector<int> slots_;
+  std::vector<const void*> s_src_, y_src_;
 };
 
 }  // namespace cpu

@@ -165,3 +165,132 @@ def test_cuda_direction_matches_two_loop(rng):
                      1e-8, cp.cuda.get_current_stream().ptr)
         hist.push(s, y)
         np.testing.assert_allclose(dd.get(), hist.direction(g), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_instruction_sets_agree_bitwise(rng, dtype):
+    # The passes are compiled once per instruction set; the additions are the same
+    # and in the same order on each, so the direction and history match bit for bit.
+    n, m = 70001, 3
+    code = 0 if dtype == np.float32 else 1
+    pairs = [_pair(rng, n, dtype) for _ in range(5)]
+    g = rng.standard_normal(n).astype(dtype)
+    before = _core.cpu_isa()
+    outs = []
+    try:
+        for isa in ("base", "avx2", "avx512"):
+            try:
+                _core.set_cpu_isa(isa)
+            except (ValueError, RuntimeError):
+                continue  # not supported by this CPU
+            ws = _core.LbfgsWorkspace(n, m, code)
+            S = np.zeros((m, n), dtype); Y = np.zeros((m, n), dtype)
+            d = np.full(n, np.nan, dtype)
+            for s, y in pairs:
+                ws.direction(_ptr(S), _ptr(Y), n, _ptr(s), _ptr(y), True, _ptr(g), _ptr(d), 1e-8)
+            outs.append((isa, d.copy(), S.copy(), ws.get_meta()))
+    finally:
+        _core.set_cpu_isa(before)
+    assert len(outs) >= 1
+    for isa, d, S, meta in outs[1:]:
+        np.testing.assert_array_equal(d, outs[0][1], err_msg=isa)
+        np.testing.assert_array_equal(S, outs[0][2], err_msg=isa)
+        np.testing.assert_array_equal(meta, outs[0][3], err_msg=isa)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 37, 70001])
+def test_step_direction_forms_the_pair_from_the_step(rng, dtype, n):
+    # step_direction offers s = step·d_prev, y = g − g_old (in the dtype) without
+    # the caller storing them: the same history, directions and products as the
+    # explicit form given those arrays, plus gᵀd and gᵀg of the new direction.
+    m = 3
+    code = 0 if dtype == np.float32 else 1
+    A = rng.uniform(0.5, 2.0, n)
+    ws_e, ws_s = _core.LbfgsWorkspace(n, m, code), _core.LbfgsWorkspace(n, m, code)
+    S_e = np.zeros((m, n), dtype); Y_e = np.zeros((m, n), dtype)
+    S_s = np.zeros((m, n), dtype); Y_s = np.zeros((m, n), dtype)
+    d_e = np.full(n, np.nan, dtype); d_s = np.full(n, np.nan, dtype)
+    x = rng.standard_normal(n)
+    g_old = None
+    step = 0.0
+    for it in range(6):
+        g = (A * x + 0.01 * rng.standard_normal(n)).astype(dtype)
+        if it == 3:
+            g = (g_old - 0.5 * (g - g_old)).astype(dtype)  # negative curvature: rejected
+        has_new = g_old is not None
+        if has_new:
+            s = (step * d_e.astype(np.float64)).astype(dtype)  # rounded once, as the kernel does
+            y = g - g_old
+            acc_e = ws_e.direction(_ptr(S_e), _ptr(Y_e), n, _ptr(s), _ptr(y), True, _ptr(g), _ptr(d_e), 1e-8)
+        else:
+            acc_e = ws_e.direction(_ptr(S_e), _ptr(Y_e), n, 0, 0, False, _ptr(g), _ptr(d_e), 1e-8)
+        acc_s, gd, gg = ws_s.step_direction(_ptr(S_s), _ptr(Y_s), n, _ptr(d_s), step,
+                                            _ptr(g_old) if has_new else 0, has_new, _ptr(g), 1e-8)
+        assert acc_s == acc_e
+        np.testing.assert_array_equal(d_s, d_e)
+        np.testing.assert_array_equal(S_s, S_e)
+        np.testing.assert_array_equal(Y_s, Y_e)
+        np.testing.assert_array_equal(ws_s.get_meta(), ws_e.get_meta())
+        g64, d64 = g.astype(np.float64), d_s.astype(np.float64)
+        assert gd == pytest.approx(g64 @ d64, rel=1e-12, abs=1e-300)
+        assert gg == pytest.approx(g64 @ g64, rel=1e-12)
+        step = float(rng.uniform(0.2, 1.0))
+        x = x + step * d64
+        g_old = g
+
+
+def test_step_direction_thread_count_determinism(rng):
+    n, m = 200_003, 4
+    A = rng.uniform(0.5, 2.0, n)
+    outs = []
+    for threads in (1, 2, 3):
+        r = np.random.default_rng(7)
+        ws = _core.LbfgsWorkspace(n, m, 0)
+        S = np.zeros((m, n), np.float32); Y = np.zeros((m, n), np.float32)
+        d = np.zeros(n, np.float32)
+        x = r.standard_normal(n)
+        g_old, res = None, []
+        for it in range(6):
+            g = (A * x).astype(np.float32)
+            res.append(ws.step_direction(_ptr(S), _ptr(Y), n, _ptr(d), 0.5,
+                                         _ptr(g_old) if g_old is not None else 0, g_old is not None,
+                                         _ptr(g), 1e-8, threads))
+            x = x + 0.5 * d
+            g_old = g
+        outs.append((d.copy(), ws.get_meta(), res))
+    for d, meta, res in outs[1:]:
+        np.testing.assert_array_equal(d, outs[0][0])
+        np.testing.assert_array_equal(meta, outs[0][1])
+        assert res == outs[0][2]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_direction_with_a_separate_g_new(rng, dtype):
+    # y = g_new − g_old where g_new is not the gradient the direction is taken at
+    # (the optimizer re-evaluates g at the start of each step).
+    n, m = 4099, 3
+    code = 0 if dtype == np.float32 else 1
+    ws_e, ws_s = _core.LbfgsWorkspace(n, m, code), _core.LbfgsWorkspace(n, m, code)
+    S_e = np.zeros((m, n), dtype); Y_e = np.zeros((m, n), dtype)
+    S_s = np.zeros((m, n), dtype); Y_s = np.zeros((m, n), dtype)
+    d_e = np.zeros(n, dtype); d_s = np.zeros(n, dtype)
+    A = rng.uniform(0.5, 2.0, n)
+    x = rng.standard_normal(n)
+    g_old = (A * x).astype(dtype)
+    ws_e.direction(_ptr(S_e), _ptr(Y_e), n, 0, 0, False, _ptr(g_old), _ptr(d_e), 1e-8)
+    ws_s.step_direction(_ptr(S_s), _ptr(Y_s), n, _ptr(d_s), 0.0, 0, False, _ptr(g_old), 1e-8)
+    for _ in range(4):
+        step = 0.7
+        x = x + step * d_e.astype(np.float64)
+        g_new = (A * x).astype(dtype)
+        g = (g_new + 1e-3 * rng.standard_normal(n)).astype(dtype)  # a later evaluation
+        s = (step * d_e.astype(np.float64)).astype(dtype)
+        y = g_new - g_old
+        acc_e = ws_e.direction(_ptr(S_e), _ptr(Y_e), n, _ptr(s), _ptr(y), True, _ptr(g), _ptr(d_e), 1e-8)
+        acc_s, _, _ = ws_s.step_direction(_ptr(S_s), _ptr(Y_s), n, _ptr(d_s), step, _ptr(g_old), True,
+                                          _ptr(g), 1e-8, 0, _ptr(g_new))
+        assert acc_s == acc_e
+        np.testing.assert_array_equal(d_s, d_e)
+        np.testing.assert_array_equal(Y_s, Y_e)
+        g_old = g

@@ -7,7 +7,9 @@ passed. Scalars (J, gᵀd, step lengths) are Python floats.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Tuple
 
@@ -26,25 +28,113 @@ def vdot(xp, a, b) -> float:
 
 
 class Objective:
-    """Counts evaluations and refuses non-finite results (raising NonFiniteError)."""
+    """Counts evaluations and refuses non-finite results (raising NonFiniteError).
 
-    def __init__(self, evaluate: Callable[[Any], Tuple[float, Any]], xp):
+    ``evaluate(x)`` returns ``(f, g)``, or ``(f, g, max_abs)`` when it has already
+    checked that g is finite and measured ‖g‖∞ on the way (the optimizers do, while
+    gathering g from the closure's arrays). ``pieces``: flat views the evaluation
+    reads x from (the optimizers' parameters); :meth:`at_step` then writes the trial
+    point into them in the same pass that forms it, and ``placed`` names the vector
+    they hold as long as only at_step has written it since (a caller that knows the
+    pieces hold some x may set it too), so that x is not copied there again."""
+
+    def __init__(self, evaluate: Callable[[Any], Tuple], xp, pieces: Optional[list] = None,
+                 threads: int = 0):
         self.evaluate = evaluate
         self.xp = xp
+        self.pieces = pieces
+        self.threads = threads
+        self.placed = None
         self.nfev = 0
         self.njev = 0
         self.nhev = 0
+        self._max_abs: Tuple[Any, float] = (None, 0.0)  # (weak reference to g, ‖g‖∞)
 
     def __call__(self, x) -> Tuple[float, Any]:
-        f, g = self.evaluate(x)
+        if self.pieces is not None and x is not self.placed:
+            # Not marked as placed afterwards: a caller may change x in place and
+            # evaluate it again (finite differences do).
+            self.placed = None
+            offset = 0
+            for piece in self.pieces:
+                piece[...] = x[offset:offset + piece.size]
+                offset += piece.size
+        return self._evaluated(self.evaluate(x))
+
+    def at_step(self, out, x, alpha: float, d) -> Tuple[float, Any]:
+        """Evaluate at ``out`` = x + αd (out overwritten; float64 arithmetic, one rounding)."""
+        if _is_host_vector(out) and _is_host_vector(x) and _is_host_vector(d):
+            from .. import _core
+            self.placed = None
+            _core.axpy_into(out, x, float(alpha), d, self.pieces or [], self.threads)
+            if self.pieces is not None:
+                self.placed = out
+        else:
+            self.xp.multiply(d, alpha, out=out)
+            out.__iadd__(x)
+        return self(out)
+
+    def max_abs(self, g) -> float:
+        """‖g‖∞, without reading g again when it is the gradient last returned."""
+        ref, value = self._max_abs
+        if ref is not None and ref() is g:
+            return value
+        if _is_host_vector(g):
+            from .. import _core
+            return float(_core.check_vector(g, self.threads)[1])
+        return float(self.xp.max(self.xp.abs(g)))
+
+    def _evaluated(self, out) -> Tuple[float, Any]:
+        f, g = out[0], out[1]
         self.nfev += 1
         self.njev += 1
         f = float(f)
         if not math.isfinite(f):
             raise NonFiniteError(f"the objective returned a non-finite value ({f})")
-        if not bool(self.xp.isfinite(g).all()):
-            raise NonFiniteError("the objective returned a non-finite gradient")
+        if len(out) > 2:
+            g_max = float(out[2])
+        elif _is_host_vector(g):
+            from .. import _core
+            finite, g_max = _core.check_vector(g, self.threads)
+            if not finite:
+                raise NonFiniteError("the objective returned a non-finite gradient")
+        else:
+            if not bool(self.xp.isfinite(g).all()):
+                raise NonFiniteError("the objective returned a non-finite gradient")
+            g_max = None
+        self._max_abs = (weakref.ref(g), g_max) if g_max is not None else (None, 0.0)
         return f, g
+
+
+def _is_host_vector(a) -> bool:
+    """A C-contiguous float32/float64 numpy vector: what the C++ vector passes take."""
+    return (isinstance(a, np.ndarray) and a.dtype in _HOST_DTYPES and a.flags.c_contiguous
+            and a.ndim == 1)
+
+
+_HOST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class VectorPool:
+    """Flat vectors reused between evaluations instead of allocated for each.
+
+    A vector is handed out again only once nothing but the pool refers to it (a
+    line search, an engine or a caller's callback still holding a gradient or an
+    iterate keeps it out of reuse, views included), so nothing in use is ever
+    overwritten; in steady state no call allocates."""
+
+    def __init__(self, n: int, dtype, xp):
+        self.n, self.dtype, self.xp = n, dtype, xp
+        self._vectors: list = []
+
+    def take(self):
+        for v in self._vectors:
+            # References: the pool's list, this loop's name, getrefcount's argument.
+            if sys.getrefcount(v) <= 3:
+                return v
+        v = self.xp.empty(self.n, dtype=self.dtype)
+        self._vectors.append(v)
+        return v
 
 
 # ---------------------------------------------------------------- engines
@@ -72,12 +162,18 @@ class LBFGSEngine:
         else:
             from .. import _core
             self.ws = _core.LbfgsWorkspace(n, m, code)
-        # The history, allocated once: m slots of s and y, the candidate pair and d.
+        # The history, allocated once: m slots of s and y, and d. On the CPU the
+        # candidate pair is formed inside the kernel from the step (s = αd, y = g − g_old)
+        # and stored only in the slot that accepts it; on CUDA it is staged in s, y.
         self.S = xp.zeros((m, n), dtype=self.dtype)
         self.Y = xp.zeros((m, n), dtype=self.dtype)
-        self.s = xp.zeros(n, dtype=self.dtype)
-        self.y = xp.zeros(n, dtype=self.dtype)
         self.d = xp.zeros(n, dtype=self.dtype)
+        self.s = self.y = None
+        if self.on_gpu:
+            self.s = xp.zeros(n, dtype=self.dtype)
+            self.y = xp.zeros(n, dtype=self.dtype)
+        self._step = 0.0
+        self._g_old = self._g_new = None
         self.pending = False
         self.accepted = 0
         self.rejected = 0
@@ -92,28 +188,51 @@ class LBFGSEngine:
         return self.ws.count > 0 if not self.on_gpu else True
 
     def record(self, step, d, g_old, g_new) -> None:
-        self.xp.multiply(d, step, out=self.s)
-        self.xp.subtract(g_new, g_old, out=self.y)
+        if self.on_gpu:
+            self.xp.multiply(d, step, out=self.s)
+            self.xp.subtract(g_new, g_old, out=self.y)
+        else:
+            if d is not self.d:
+                self.d[...] = d
+            # Kept by reference until the next direction, which forms the pair.
+            self._step, self._g_old, self._g_new = float(step), g_old, g_new
         self.pending = True
 
-    def direction(self, g):
-        p = self._ptr
+    def direction_products(self, g):
+        """d = −Hg after offering the recorded pair, with gᵀd and gᵀg (float64 sums
+        from the kernel's own passes on the CPU)."""
         if self.on_gpu:
-            stream = int(self.xp.cuda.get_current_stream().ptr)
-            self.ws.direction(p(self.S), p(self.Y), self.n, p(self.s), p(self.y), self.pending,
-                              p(g), p(self.d), self.eps, stream)
-        else:
-            ok = self.ws.direction(p(self.S), p(self.Y), self.n, p(self.s), p(self.y),
-                                   self.pending, p(g), p(self.d), self.eps, self.threads)
-            if self.pending:
-                self.accepted += bool(ok)
-                self.rejected += not ok
+            d = self.direction(g)
+            return d, vdot(self.xp, g, d), None
+        p = self._ptr
+        # y = g_new − g_old with the recorded g_new, which is g itself unless the
+        # gradient was evaluated again (a new step() re-evaluates at the same point).
+        g_new = self._g_new if self.pending and self._g_new is not g else None
+        ok, gd, gg = self.ws.step_direction(
+            p(self.S), p(self.Y), self.n, p(self.d), self._step,
+            p(self._g_old) if self.pending else 0, self.pending, p(g), self.eps, self.threads,
+            p(g_new) if g_new is not None else 0)
+        if self.pending:
+            self.accepted += bool(ok)
+            self.rejected += not ok
+        self.pending = False
+        self._g_old = self._g_new = None  # the gradients may be reused now
+        return self.d, gd, gg
+
+    def direction(self, g):
+        if not self.on_gpu:
+            return self.direction_products(g)[0]
+        stream = int(self.xp.cuda.get_current_stream().ptr)
+        p = self._ptr
+        self.ws.direction(p(self.S), p(self.Y), self.n, p(self.s), p(self.y), self.pending,
+                          p(g), p(self.d), self.eps, stream)
         self.pending = False
         return self.d
 
     def reset(self) -> None:
         self.ws.reset()
         self.pending = False
+        self._g_old = self._g_new = None
 
     def initial_step(self, first: bool, f, f_prev, gnorm, dphi0) -> float:
         if first:
@@ -282,42 +401,48 @@ class LoopOutcome:
 LINE_SEARCHES = ("strong_wolfe", "armijo", "exact", None)
 
 
+def _direction_and_slope(engine, g, xp):
+    """d, gᵀd and (when the engine has it for free) gᵀg."""
+    products = getattr(engine, "direction_products", None)
+    if products is not None:
+        return products(g)
+    d = engine.direction(g)
+    return d, vdot(xp, g, d), None
+
+
 def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, max_iter: int,
                    gtol: float, ftol: float, line_search: Optional[str], c1: float, c2: float,
                    lr: float = 1.0, hessp: Optional[Callable] = None,
                    max_ls_evaluations: int = 25, callback: Optional[Callable] = None,
-                   ) -> LoopOutcome:
+                   new_vector: Optional[Callable[[], Any]] = None) -> LoopOutcome:
     """Iterate x ← x + αd, d from ``engine``, α from the line search, until
     ‖g‖∞ ≤ gtol, the relative decrease of J falls to ftol, or max_iter.
 
+    ``new_vector()`` gives the buffer for trial points (default: a fresh array).
     On a non-finite objective the last finite iterate comes back with
     success=False (the caller restores parameters from it)."""
     xp = obj.xp
     nit = 0
-    x_trial = xp.empty_like(x)
+    x_trial = new_vector() if new_vector is not None else xp.empty_like(x)
     retried = False
     while True:
-        if float(xp.max(xp.abs(g))) <= gtol if g.size else True:
+        if obj.max_abs(g) <= gtol if g.size else True:
             return LoopOutcome(x, f, g, nit, True, "Optimization terminated successfully "
                                "(gradient norm below gtol).", 0)
         if nit >= max_iter:
             return LoopOutcome(x, f, g, nit, False, "Maximum number of iterations reached.", 1)
-        d = engine.direction(g)
-        dphi0 = vdot(xp, g, d)
+        d, dphi0, gg = _direction_and_slope(engine, g, xp)
         if not dphi0 < 0:
             engine.reset()
-            d = engine.direction(g)
-            dphi0 = vdot(xp, g, d)
+            d, dphi0, gg = _direction_and_slope(engine, g, xp)
         first = state.iterations == 0 and not engine.has_curvature()
-        gnorm = math.sqrt(vdot(xp, g, g)) if first else 0.0
+        gnorm = math.sqrt(gg if gg is not None else vdot(xp, g, g)) if first else 0.0
         alpha0 = engine.initial_step(first, f, state.f_prev, gnorm, dphi0)
         trial_at = [None]
 
         def phi(alpha: float):
-            xp.multiply(d, alpha, out=x_trial)
-            x_trial.__iadd__(x)
             trial_at[0] = alpha
-            return obj(x_trial)
+            return obj.at_step(x_trial, x, alpha, d)
 
         def slope(gr) -> float:
             return vdot(xp, gr, d)

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import _arrays
 from ._engine import (LINE_SEARCHES, BFGSEngine, CGEngine, LBFGSEngine, LoopState, NonFiniteError,
-                      Objective, run_iterations)
+                      Objective, VectorPool, _is_host_vector, run_iterations)
 from .newton import NewtonEngine, check_hessian_fits, finite_difference_hessian, run_newton
 
 
@@ -67,16 +67,32 @@ class _SecondOrder:
         self._stopped = False
 
     # -- flat <-> parameter list
+    def _vectors(self) -> VectorPool:
+        # Iterates, trial points and gathered gradients, reused from step to step.
+        if getattr(self, "_pool", None) is None:
+            self._pool = VectorPool(self.n, self.dtype, self.xp)
+        return self._pool
+
     def _gather_params(self):
-        return self.xp.concatenate(self._flat) if len(self._flat) > 1 else self._flat[0].copy()
+        x = self._vectors().take()
+        if _is_host_vector(x) and all(_is_host_vector(f) and f.dtype == x.dtype for f in self._flat):
+            from .. import _core
+            _core.gather_checked(x, self._flat)  # one threaded pass (the checks are not needed here)
+            return x
+        for f, a, b in zip(self._flat, self.offsets[:-1], self.offsets[1:]):
+            x[a:b] = f
+        return x
 
     def _scatter(self, x) -> None:
         for f, a, b in zip(self._flat, self.offsets[:-1], self.offsets[1:]):
             f[...] = x[a:b]
 
     def _evaluate_closure(self, closure: Callable):
+        pool = self._vectors()
+        host = all(_is_host_vector(f) for f in self._flat)
+
         def evaluate(x):
-            self._scatter(x)
+            # The Objective has put x into the parameters already.
             out = closure(self.params)
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError("closure: expected closure(params) -> (loss, grads)")
@@ -85,12 +101,22 @@ class _SecondOrder:
             if len(grads) != len(self.params):
                 raise ValueError(f"grads: expected {len(self.params)} arrays (one per parameter), "
                                  f"got {len(grads)}")
-            g = self.xp.empty(self.n, dtype=self.dtype)
+            views = []
             for i, (gr, a, b) in enumerate(zip(grads, self.offsets[:-1], self.offsets[1:])):
                 gv, gxp = _arrays.ndarray_view(gr, f"grads[{i}]")
                 if gxp is not self.xp or gv.size != b - a:
                     raise ValueError(f"grads[{i}]: expected {b - a} elements on the parameters' "
                                      f"device, got {gv.size}")
+                views.append(gv)
+            g = pool.take()
+            if host and all(_is_host_vector(v) and v.dtype == self.dtype for v in views):
+                from .. import _core
+                # One pass: the copy, the finiteness check and ‖g‖∞ for the gtol test.
+                finite, g_max = _core.gather_checked(g, views)
+                if not finite:
+                    raise NonFiniteError("the objective returned a non-finite gradient")
+                return float(loss), g, g_max
+            for gv, a, b in zip(views, self.offsets[:-1], self.offsets[1:]):
                 g[a:b] = gv
             return float(loss), g
         return evaluate
@@ -102,8 +128,9 @@ class _SecondOrder:
         the last finite iterate, ``success`` becomes False and ``message`` says why."""
         if not callable(closure):
             raise TypeError("closure: expected a callable closure(params) -> (loss, grads)")
-        obj = Objective(self._evaluate_closure(closure), self.xp)
+        obj = Objective(self._evaluate_closure(closure), self.xp, pieces=list(self._flat))
         x = self._gather_params()
+        obj.placed = x  # the parameters hold x already
         last = {"x": x, "f": None}
 
         def track(xv, fv, gv):
@@ -120,7 +147,9 @@ class _SecondOrder:
             self.message = f"Stopped: {e}; parameters restored to the last finite iterate."
             x_final, f_final = last["x"], last["f"]
             self._stopped = True
-        self._scatter(x_final)
+            obj.placed = None
+        if x_final is not obj.placed:
+            self._scatter(x_final)
         self.nfev += obj.nfev
         return f_final if f_final is not None else float("nan")
 
@@ -133,7 +162,8 @@ class _LineSearchOptimizer(_SecondOrder):
     def _run(self, obj, x, f, g, track):
         return run_iterations(self.engine, obj, x, f, g, self.loop, max_iter=self.max_iter,
                               gtol=self.gtol, ftol=self.ftol, line_search=self.line_search,
-                              c1=self.c1, c2=self.c2, lr=self.lr, callback=track)
+                              c1=self.c1, c2=self.c2, lr=self.lr, callback=track,
+                              new_vector=self._vectors().take)
 
 
 class LBFGS(_LineSearchOptimizer):
