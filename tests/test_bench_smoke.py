@@ -88,19 +88,24 @@ def test_row_derives_gbps_and_probe_pct():
 
 
 # ---------------------------------------------------------------- optimizers suite, --quick
-def test_optimizers_suite_quick(tmp_path, capsys):
+def _run_quick(suite: str, tmp_path) -> dict:
+    """``python -m bench --suite SUITE --quick`` from the repository root; its JSON document."""
     from bench.__main__ import main
-    from bench.suites import optimizers
-    path = tmp_path / "opt.json"
+    path = tmp_path / f"{suite}.json"
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        assert main(["--suite", "optimizers", "--quick", "--json", str(path)]) == 0
+        assert main(["--suite", suite, "--quick", "--json", str(path)]) == 0
     finally:
         os.chdir(cwd)
+    return json.loads(path.read_text())
+
+
+def test_optimizers_suite_quick(tmp_path, capsys):
+    from bench.suites import optimizers
+    doc = _run_quick("optimizers", tmp_path)
     out = capsys.readouterr().out
     assert "DeltaBarDelta" in out and "probe_pct" in out
-    doc = json.loads(path.read_text())
     assert doc["machine"]["cpu_isa"] in ("base", "avx2", "avx512")
     rows = doc["rows"]
     cases = {label for label, _ in optimizers.cases(True)}
@@ -140,17 +145,9 @@ def test_numpy_reference_matches_optcore():
 
 # ---------------------------------------------------------------- training-loop suite
 def test_training_loop_suite_quick(tmp_path, capsys):
-    from bench.__main__ import main
     from bench.suites import training_loop
-    path = tmp_path / "tl.json"
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        assert main(["--suite", "training-loop", "--quick", "--json", str(path)]) == 0
-    finally:
-        os.chdir(cwd)
+    rows = _run_quick("training-loop", tmp_path)["rows"]
     assert "bytes_ratio" in capsys.readouterr().out
-    rows = json.loads(path.read_text())["rows"]
     for case, _ in training_loop.cases(True):
         got = {r["impl"]: r for r in rows if r["case"] == case}
         for impl in ("probe plain", "optcore Adam", "probe clip+ema", "optcore Adam+clip+ema",

@@ -16,6 +16,7 @@
 #include "bindings/registry.h"
 #include "cpu/update_executor.h"
 #include "optcore/dtypes.h"
+#include "bindings/plan_tables.h"
 #include "bindings/rule_traits.h"
 #include "optcore/rules/all.h"
 
@@ -37,47 +38,15 @@ class UpdatePlan {
              const std::optional<std::vector<uintptr_t>>& model_copies)
       : rule_(rule) {
     const RuleTraitsRow& traits = rule_traits(rule);
+    PlanTables tables = build_plan_tables(traits, thetas, numels, dtypes, states, chunk_elements,
+                                          grad_dtypes, averages, model_copies);
     const size_t n = thetas.size();
-    if (numels.size() != n || dtypes.size() != n)
-      throw py::value_error("UpdatePlan: thetas, numels and dtypes must have the same length");
-    if (static_cast<int>(states.size()) != traits.states)
-      throw py::value_error(std::string("UpdatePlan: ") + traits.name + " takes " +
-                            std::to_string(traits.states) + " state lists, got " +
-                            std::to_string(states.size()));
-    for (const auto& list : states)
-      if (list.size() != n) throw py::value_error("UpdatePlan: every state list needs one pointer per tensor");
-    if (grad_dtypes && grad_dtypes->size() != n)
-      throw py::value_error("grad_dtypes: one per tensor");
-    if (averages && averages->size() != n) throw py::value_error("averages: one per tensor");
-    if (model_copies && model_copies->size() != n) throw py::value_error("model_copies: one per tensor");
-    if (chunk_elements <= 0) throw py::value_error("chunk_elements: must be positive");
-    tensors_.resize(n);
-    for (size_t i = 0; i < n; ++i) {
-      if (dtypes[i] < 0 || dtypes[i] > 3) throw py::value_error("dtypes: unknown dtype code");
-      if (numels[i] < 0) throw py::value_error("numels: negative");
-      const int gdt = grad_dtypes ? (*grad_dtypes)[i] : dtypes[i];
-      const bool master = dtypes[i] == int(DType::F32) && (gdt == int(DType::F16) || gdt == int(DType::BF16));
-      if (gdt != dtypes[i] && !master)
-        throw py::value_error("grad_dtypes: a gradient dtype differs from its parameter's only for "
-                              "float16/bfloat16 gradients of a float32 master");
-      const uintptr_t copy = model_copies ? (*model_copies)[i] : 0;
-      if (copy && !master) throw py::value_error("model_copies: only with a float32 master and 16-bit gradients");
-      PlanTensor& t = tensors_[i];
-      t.theta = reinterpret_cast<void*>(thetas[i]);
-      for (int k = 0; k < kMaxStates; ++k)
-        t.states[k] = k < traits.states ? reinterpret_cast<void*>(states[k][i]) : nullptr;
-      t.average = averages ? reinterpret_cast<void*>((*averages)[i]) : nullptr;
-      t.model_copy = reinterpret_cast<void*>(copy);
-      t.numel = numels[i];
-      t.dtype = dtypes[i];
-      t.grad_dtype = gdt;
-      grad_codes_.push_back(gdt);
-      theta_codes_.push_back(dtypes[i]);
-      for (int64_t begin = 0; begin < numels[i]; begin += chunk_elements) {
-        const int64_t len = std::min(chunk_elements, numels[i] - begin);
-        chunks_.push_back(PlanChunk{begin, len, static_cast<int32_t>(i), 0});
-      }
-      total_ += numels[i];
+    tensors_ = std::move(tables.tensors);
+    chunks_ = std::move(tables.chunks);
+    total_ = tables.total;
+    for (const PlanTensor& t : tensors_) {
+      grad_codes_.push_back(t.grad_dtype);
+      theta_codes_.push_back(t.dtype);
     }
     reads_grad_ = traits.reads_grad;
     grads_.assign(n, nullptr);

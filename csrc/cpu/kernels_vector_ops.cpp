@@ -159,6 +159,29 @@ VectorCheck merge(const VectorCheck& a, const VectorCheck& b) {
   return VectorCheck{a.finite && b.finite, std::max(a.max_abs, b.max_abs)};
 }
 
+// check_f32/check_f64 of `len` elements at src (copied to dst when not null).
+VectorCheck check_span(int dtype, const char* src, char* dst, int64_t len) {
+  return dtype == 1 ? check_f64(reinterpret_cast<const double*>(src), reinterpret_cast<double*>(dst), len)
+                    : check_f32(reinterpret_cast<const float*>(src), reinterpret_cast<float*>(dst), len);
+}
+
+// chunk_check(lo, hi) over the chunks of [0, n) on a team, merged: && and max do
+// not depend on the order, so neither does the result on the thread count.
+template <class ChunkCheck>
+VectorCheck reduce_checks(int64_t n, int threads, ChunkCheck chunk_check) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  VectorCheck total{true, 0.0};
+#pragma omp parallel num_threads(team_for(n, threads))
+  {
+    VectorCheck mine{true, 0.0};
+#pragma omp for schedule(static) nowait
+    for (int64_t c = 0; c < chunks; ++c) mine = merge(mine, chunk_check(c * kChunk, std::min(n, c * kChunk + kChunk)));
+#pragma omp critical(optcore_reduce_checks)
+    total = merge(total, mine);
+  }
+  return total;
+}
+
 }  // namespace
 
 void axpy_into(int dtype, int64_t n, const void* x, double alpha, const void* d, void* out,
@@ -187,48 +210,22 @@ void axpy_into(int dtype, int64_t n, const void* x, double alpha, const void* d,
 VectorCheck gather_checked(int dtype, int64_t n, const std::vector<VectorPiece>& pieces, void* out,
                            int threads) {
   const std::vector<int64_t> off = piece_offsets(pieces, n);
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
   const int es = dtype == 1 ? 8 : 4;
-  VectorCheck total{true, 0.0};
-#pragma omp parallel num_threads(team_for(n, threads))
-  {
+  return reduce_checks(n, threads, [&](int64_t lo, int64_t hi) {
     VectorCheck mine{true, 0.0};
-#pragma omp for schedule(static) nowait
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
-      for_pieces(off, lo, hi, [&](size_t k, int64_t in_piece, int64_t flat, int64_t len) {
-        const char* src = static_cast<const char*>(pieces[k].data) + in_piece * es;
-        char* dst = static_cast<char*>(out) + flat * es;
-        mine = merge(mine, dtype == 1 ? check_f64(reinterpret_cast<const double*>(src),
-                                                  reinterpret_cast<double*>(dst), len)
-                                      : check_f32(reinterpret_cast<const float*>(src),
-                                                  reinterpret_cast<float*>(dst), len));
-      });
-    }
-#pragma omp critical(optcore_gather_checked)
-    total = merge(total, mine);
-  }
-  return total;
+    for_pieces(off, lo, hi, [&](size_t k, int64_t in_piece, int64_t flat, int64_t len) {
+      mine = merge(mine, check_span(dtype, static_cast<const char*>(pieces[k].data) + in_piece * es,
+                                    static_cast<char*>(out) + flat * es, len));
+    });
+    return mine;
+  });
 }
 
 VectorCheck check_vector(int dtype, int64_t n, const void* x, int threads) {
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
   const int es = dtype == 1 ? 8 : 4;
-  VectorCheck total{true, 0.0};
-#pragma omp parallel num_threads(team_for(n, threads))
-  {
-    VectorCheck mine{true, 0.0};
-#pragma omp for schedule(static) nowait
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t lo = c * kChunk, len = std::min(n, lo + kChunk) - lo;
-      const char* p = static_cast<const char*>(x) + lo * es;
-      mine = merge(mine, dtype == 1 ? check_f64(reinterpret_cast<const double*>(p), nullptr, len)
-                                    : check_f32(reinterpret_cast<const float*>(p), nullptr, len));
-    }
-#pragma omp critical(optcore_check_vector)
-    total = merge(total, mine);
-  }
-  return total;
+  return reduce_checks(n, threads, [&](int64_t lo, int64_t hi) {
+    return check_span(dtype, static_cast<const char*>(x) + lo * es, nullptr, hi - lo);
+  });
 }
 
 }  // namespace cpu

@@ -17,6 +17,7 @@
 #include "cuda/update.h"
 #include "optcore/dtypes.h"
 #include "optcore/plan_types.h"
+#include "bindings/plan_tables.h"
 #include "bindings/rule_traits.h"
 #include "optcore/rules/all.h"
 #include "optcore/step_scalars.h"
@@ -51,63 +52,19 @@ class CudaUpdatePlan {
                  const std::optional<std::vector<uintptr_t>>& model_copies)
       : rule_(rule) {
     const RuleTraitsRow& traits = rule_traits(rule);
-    const size_t n = thetas.size();
-    if (numels.size() != n || dtypes.size() != n)
-      throw py::value_error("UpdatePlan: thetas, numels and dtypes must have the same length");
-    if (static_cast<int>(states.size()) != traits.states)
-      throw py::value_error(std::string("UpdatePlan: ") + traits.name + " takes " +
-                            std::to_string(traits.states) + " state lists, got " +
-                            std::to_string(states.size()));
-    for (const auto& list : states)
-      if (list.size() != n) throw py::value_error("UpdatePlan: every state list needs one pointer per tensor");
-    if (grad_dtypes && grad_dtypes->size() != n)
-      throw py::value_error("grad_dtypes: one per tensor");
-    if (averages && averages->size() != n) throw py::value_error("averages: one per tensor");
-    if (model_copies && model_copies->size() != n) throw py::value_error("model_copies: one per tensor");
-    if (chunk_elements <= 0) throw py::value_error("chunk_elements: must be positive");
+    PlanTables tables = build_plan_tables(traits, thetas, numels, dtypes, states, chunk_elements,
+                                          grad_dtypes, averages, model_copies);
     const int devices = cuda::device_count();
     if (device_id < 0 || device_id >= devices)
       throw py::value_error("device_id: " + std::to_string(device_id) + " is not a CUDA device (" +
                             std::to_string(devices) + " visible)");
-    std::vector<PlanTensor> tensors(n);
-    std::vector<PlanChunk> chunks;
-    for (size_t i = 0; i < n; ++i) {
-      if (dtypes[i] < 0 || dtypes[i] > 3) throw py::value_error("dtypes: unknown dtype code");
-      if (numels[i] < 0) throw py::value_error("numels: negative");
-      // The CPU plan's rules for mixed dtypes (csrc/bindings/update_bindings.cpp).
-      const int gdt = grad_dtypes ? (*grad_dtypes)[i] : dtypes[i];
-      const bool master = dtypes[i] == int(DType::F32) && (gdt == int(DType::F16) || gdt == int(DType::BF16));
-      if (gdt != dtypes[i] && !master)
-        throw py::value_error("grad_dtypes: a gradient dtype differs from its parameter's only for "
-                              "float16/bfloat16 gradients of a float32 master");
-      const uintptr_t copy = model_copies ? (*model_copies)[i] : 0;
-      if (copy && !master) throw py::value_error("model_copies: only with a float32 master and 16-bit gradients");
-      PlanTensor& t = tensors[i];
-      t.theta = reinterpret_cast<void*>(thetas[i]);
-      for (int k = 0; k < kMaxStates; ++k)
-        t.states[k] = k < traits.states ? reinterpret_cast<void*>(states[k][i]) : nullptr;
-      t.numel = numels[i];
-      t.dtype = dtypes[i];
-      t.grad_dtype = gdt;
-      t.average = averages ? reinterpret_cast<void*>((*averages)[i]) : nullptr;
-      t.model_copy = reinterpret_cast<void*>(copy);
-      has_averages_ = has_averages_ || t.average != nullptr;
-      if (numels[i] > 0) {
-        if (!thetas[i]) throw py::value_error("thetas: null pointer for tensor " + std::to_string(i));
-        for (int k = 0; k < traits.states; ++k)
-          if (!states[k][i])
-            throw py::value_error("states: null pointer for tensor " + std::to_string(i));
-      }
-      for (int64_t begin = 0; begin < numels[i]; begin += chunk_elements) {
-        const int64_t len = std::min(chunk_elements, numels[i] - begin);
-        chunks.push_back(PlanChunk{begin, len, static_cast<int32_t>(i), 0});
-      }
-      total_ += numels[i];
-    }
+    for (const PlanTensor& t : tables.tensors) has_averages_ = has_averages_ || t.average != nullptr;
+    total_ = tables.total;
     numels_ = numels;
     reads_grad_ = traits.reads_grad;
-    chunk_count_ = chunks.size();
-    plan_ = std::make_unique<cuda::DevicePlan>(rule, device_id, reads_grad_, tensors, chunks);
+    chunk_count_ = tables.chunks.size();
+    plan_ = std::make_unique<cuda::DevicePlan>(rule, device_id, reads_grad_, tables.tensors,
+                                                tables.chunks);
   }
 
   // grads: uint64 array of device pointers, one per tensor (ignored by rules

@@ -224,3 +224,18 @@ def test_torch_convention_trajectory_equals_torch_optim(name, dtype, rng):
     rtol = 1e-5 if dtype == "float32" else 1e-12
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b.numpy(), rtol=rtol, atol=rtol)
+
+
+def test_cpu_plan_refuses_null_pointers():
+    """optcore._core.UpdatePlan is reachable directly: a null pointer for a non-empty
+    tensor is refused (as the CUDA plan does), never dereferenced."""
+    from optcore import _core
+    a = np.zeros(4, np.float32)
+    ptr = a.__array_interface__["data"][0]
+    with pytest.raises(ValueError, match="thetas: null pointer for tensor 0"):
+        _core.UpdatePlan(0, [0], [4], [0], [])          # SGD: no state
+    with pytest.raises(ValueError, match="states: null pointer for tensor 0"):
+        _core.UpdatePlan(1, [ptr], [4], [0], [[0]])     # Momentum: one state
+    with pytest.raises(ValueError, match="averages: null pointer for tensor 0"):
+        _core.UpdatePlan(0, [ptr], [4], [0], [], averages=[0])
+    _core.UpdatePlan(0, [0], [0], [0], [])              # an empty tensor needs no memory

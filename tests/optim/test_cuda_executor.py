@@ -21,36 +21,7 @@ import pytest
 
 from optcore import _core
 
-try:
-    from optcore import _cuda
-except ImportError as exc:  # built without nvcc
-    _cuda = None
-    _WHY = f"no CUDA GPU: optcore._cuda is not built ({exc})"
-else:
-    _WHY = None if _cuda.device_count() > 0 else "no CUDA GPU: optcore._cuda.device_count() == 0"
-
-
-def _framework():
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return "torch"
-    except ImportError:
-        pass
-    try:
-        import cupy  # noqa: F401
-
-        return "cupy"
-    except ImportError:
-        return None
-
-
-FRAMEWORK = _framework() if _WHY is None else None
-if _WHY is None and FRAMEWORK is None:
-    _WHY = "no CUDA GPU: neither torch with CUDA nor cupy is importable to allocate device memory"
-
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
+from tests.optim._cuda_env import FRAMEWORK, PYTESTMARK as pytestmark, _cuda  # noqa: F401
 
 F32, F64, F16, BF16 = 0, 1, 2, 3
 ITEMSIZE = {F32: 4, F64: 8, F16: 2, BF16: 2}

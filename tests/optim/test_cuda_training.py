@@ -19,36 +19,7 @@ from optcore import _arrays as A
 from tests.optim._common import HYPER, RULES, make_array, make_grad, ulp
 from tests.reference import training_loop as ref
 
-try:
-    from optcore import _cuda
-except ImportError as exc:  # built without nvcc
-    _cuda = None
-    _WHY = f"no CUDA GPU: optcore._cuda is not built ({exc})"
-else:
-    _WHY = None if _cuda.device_count() > 0 else "no CUDA GPU: optcore._cuda.device_count() == 0"
-
-
-def _framework():
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return "torch"
-    except ImportError:
-        pass
-    try:
-        import cupy  # noqa: F401
-
-        return "cupy"
-    except ImportError:
-        return None
-
-
-FRAMEWORK = _framework() if _WHY is None else None
-if _WHY is None and FRAMEWORK is None:
-    _WHY = "no CUDA GPU: neither torch with CUDA nor cupy is importable to allocate device memory"
-
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
+from tests.optim._cuda_env import FRAMEWORK, PYTESTMARK as pytestmark, _cuda  # noqa: F401
 
 SIZES = [1, 3, 4097, 70001]
 

@@ -1,0 +1,85 @@
+// The tensor and chunk tables of an update plan, built from the binding
+// arguments and validated the same way for the CPU and the CUDA executor, so
+// both refuse the same inputs with the same messages.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bindings/rule_traits.h"
+#include "optcore/dtypes.h"
+#include "optcore/plan_types.h"
+
+namespace optcore {
+namespace bindings {
+
+struct PlanTables {
+  std::vector<PlanTensor> tensors;
+  std::vector<PlanChunk> chunks;  // contiguous ranges of at most chunk_elements, tensor order
+  int64_t total = 0;              // elements over all tensors
+};
+
+inline PlanTables build_plan_tables(const RuleTraitsRow& traits, const std::vector<uintptr_t>& thetas,
+                                    const std::vector<int64_t>& numels, const std::vector<int>& dtypes,
+                                    const std::vector<std::vector<uintptr_t>>& states,
+                                    int64_t chunk_elements,
+                                    const std::optional<std::vector<int>>& grad_dtypes,
+                                    const std::optional<std::vector<uintptr_t>>& averages,
+                                    const std::optional<std::vector<uintptr_t>>& model_copies) {
+  namespace py = pybind11;
+  const size_t n = thetas.size();
+  if (numels.size() != n || dtypes.size() != n)
+    throw py::value_error("UpdatePlan: thetas, numels and dtypes must have the same length");
+  if (static_cast<int>(states.size()) != traits.states)
+    throw py::value_error(std::string("UpdatePlan: ") + traits.name + " takes " +
+                          std::to_string(traits.states) + " state lists, got " +
+                          std::to_string(states.size()));
+  for (const auto& list : states)
+    if (list.size() != n) throw py::value_error("UpdatePlan: every state list needs one pointer per tensor");
+  if (grad_dtypes && grad_dtypes->size() != n) throw py::value_error("grad_dtypes: one per tensor");
+  if (averages && averages->size() != n) throw py::value_error("averages: one per tensor");
+  if (model_copies && model_copies->size() != n) throw py::value_error("model_copies: one per tensor");
+  if (chunk_elements <= 0) throw py::value_error("chunk_elements: must be positive");
+  PlanTables out;
+  out.tensors.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (dtypes[i] < 0 || dtypes[i] > 3) throw py::value_error("dtypes: unknown dtype code");
+    if (numels[i] < 0) throw py::value_error("numels: negative");
+    const int gdt = grad_dtypes ? (*grad_dtypes)[i] : dtypes[i];
+    const bool master = dtypes[i] == int(DType::F32) && (gdt == int(DType::F16) || gdt == int(DType::BF16));
+    if (gdt != dtypes[i] && !master)
+      throw py::value_error("grad_dtypes: a gradient dtype differs from its parameter's only for "
+                            "float16/bfloat16 gradients of a float32 master");
+    const uintptr_t copy = model_copies ? (*model_copies)[i] : 0;
+    if (copy && !master) throw py::value_error("model_copies: only with a float32 master and 16-bit gradients");
+    if (numels[i] > 0) {
+      if (!thetas[i]) throw py::value_error("thetas: null pointer for tensor " + std::to_string(i));
+      for (int k = 0; k < traits.states; ++k)
+        if (!states[k][i]) throw py::value_error("states: null pointer for tensor " + std::to_string(i));
+      if (averages && !(*averages)[i])
+        throw py::value_error("averages: null pointer for tensor " + std::to_string(i));
+    }
+    PlanTensor& t = out.tensors[i];
+    t.theta = reinterpret_cast<void*>(thetas[i]);
+    for (int k = 0; k < kMaxStates; ++k)
+      t.states[k] = k < traits.states ? reinterpret_cast<void*>(states[k][i]) : nullptr;
+    t.average = averages ? reinterpret_cast<void*>((*averages)[i]) : nullptr;
+    t.model_copy = reinterpret_cast<void*>(copy);
+    t.numel = numels[i];
+    t.dtype = dtypes[i];
+    t.grad_dtype = gdt;
+    for (int64_t begin = 0; begin < numels[i]; begin += chunk_elements) {
+      const int64_t len = std::min(chunk_elements, numels[i] - begin);
+      out.chunks.push_back(PlanChunk{begin, len, static_cast<int32_t>(i), 0});
+    }
+    out.total += numels[i];
+  }
+  return out;
+}
+
+}  // namespace bindings
+}  // namespace optcore
