@@ -17,7 +17,10 @@ except ImportError:  # pragma: no cover
 LAYOUT_SHAPES = {
     "NC": [(2, 1), (7, 5), (37, 3), (300, 70)],
     "NCHW": [(3, 4, 5), (2, 3, 7, 9), (5, 17, 3, 3), (1, 2, 3, 2, 5), (9, 6, 1, 1)],
-    "NHWC": [(3, 5, 4), (2, 7, 9, 3), (5, 3, 3, 17), (1, 3, 2, 5, 2), (4, 4, 4, 130)],
+    # C = 24 and 64: channel-last sums in registers (lcm(C, 16) = 2 and 4 lane vectors),
+    # 24 with an odd row count (a partial period at the group's end)
+    "NHWC": [(3, 5, 4), (2, 7, 9, 3), (5, 3, 3, 17), (1, 3, 2, 5, 2), (4, 4, 4, 130),
+             (3, 7, 11, 24), (5, 9, 7, 64)],
 }
 CASES = [(lay, s) for lay, shapes in LAYOUT_SHAPES.items() for s in shapes]
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
@@ -215,6 +218,7 @@ def available_isas():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout,shape", [("NCHW", (5, 3, 37, 29)), ("NHWC", (7, 13, 11, 37)),
+                                          ("NHWC", (3, 7, 11, 24)), ("NHWC", (9, 17, 13, 64)),
                                           ("NC", (3001, 19)), ("NCHW", (3, 2, 1100))])
 def test_same_bits_on_every_instruction_set(layout, shape, dtype):
     """The passes are compiled per instruction set; the sums are kept in 16 explicit lanes so

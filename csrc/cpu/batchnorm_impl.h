@@ -43,6 +43,13 @@ namespace {
 
 constexpr int kStreams = 4;
 constexpr int64_t kStep = 512;
+// Values summed in float per run of kLanes lanes (kRun / kLanes = kLaneValues
+// per lane) before the run joins the float64 lanes.
+constexpr int64_t kRun = 1024;
+// Values per reduction turn (a plane's run, or a block of channel-last
+// periods): longer turns amortise the per-turn bookkeeping, which showed
+// (~115K turns per 205 MB pass); 512 to 4096 measured alike otherwise.
+constexpr int64_t kTurn = 2048;
 constexpr int kLanes = 16;
 // Values each float partial sum takes before it is added to the double sums:
 // bounds the rounding error of the math-type accumulation.
@@ -193,19 +200,27 @@ struct Lanes {
   Lanes() : v{} {}
 };
 
-// Sum of the kLanes lanes in a fixed tree order, after adding tail[l] to lane l.
+// A run's lanes added lane by lane into the float64 lanes of its unit: two
+// vector converts and adds, where folding every run to a scalar took ~150
+// instructions per 512 values.
 template <class M>
-M fold_lanes(const Lanes<M>& lanes, const M* tail) {
+void add_lanes(const Lanes<M>& lanes, double* __restrict into) {
   M a[kLanes];
   std::memcpy(a, lanes.v, sizeof(a));
-  for (int l = 0; l < kLanes; ++l) a[l] += tail[l];
+  for (int l = 0; l < kLanes; ++l) into[l] += double(a[l]);
+}
+
+// Sum of kLanes float64 lanes in a fixed tree order.
+double fold_lanes(const double* lanes) {
+  double a[kLanes];
+  std::memcpy(a, lanes, sizeof(a));
   for (int width = kLanes / 2; width > 0; width /= 2)
     for (int l = 0; l < width; ++l) a[l] += a[l + width];
   return a[0];
 }
 
 // The values of in[0, n) in the math type: in itself for float and double,
-// else decoded into buffer (n <= kStep).
+// else decoded into buffer (n <= kTurn).
 template <class T>
 const typename StorageTraits<T>::Math* as_math(const typename StorageTraits<T>::Raw* in, int64_t n,
                                                typename StorageTraits<T>::Math* buffer) {
@@ -218,54 +233,61 @@ const typename StorageTraits<T>::Math* as_math(const typename StorageTraits<T>::
   }
 }
 
-// Shifted moments of v[0, n) (batchnorm.h, partial_from_shifted):
-// s1 = sum(v - shift), s2 = sum((v - shift)^2), lane-wise, the n % kLanes
-// tail values going to lanes 0, 1, ...
+// Shifted moments of v[0, n) (batchnorm.h, partial_from_shifted), added
+// into the float64 lanes s1 (sum(v - shift)) and s2 (sum((v - shift)^2));
+// lane l takes v[l], v[l + kLanes], ... in float for kRun values at a time,
+// then joins the float64 lane; the n % kLanes tail values join lanes 0, 1, ...
+// directly.
 template <class M>
-void shifted_moments(const M* __restrict v, int64_t n, M shift, M& s1, M& s2) {
+void shifted_moments(const M* __restrict v, int64_t n, M shift, double* s1, double* s2) {
   using V = typename Lanes<M>::Vector;
   constexpr int W = Lanes<M>::width;
-  Lanes<M> a1, a2;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int q = 0; q < Lanes<M>::parts; ++q) {
-      const V x = load_math<V>(v + i + q * W) - shift;
-      a1.v[q] += x;
-      a2.v[q] += x * x;
+  while (i + kLanes <= n) {
+    const int64_t run_end = std::min(n, i + kRun);
+    Lanes<M> a1, a2;
+    for (; i + kLanes <= run_end; i += kLanes) {
+      for (int q = 0; q < Lanes<M>::parts; ++q) {
+        const V x = load_math<V>(v + i + q * W) - shift;
+        a1.v[q] += x;
+        a2.v[q] += x * x;
+      }
     }
+    add_lanes(a1, s1);
+    add_lanes(a2, s2);
   }
-  M t1[kLanes] = {}, t2[kLanes] = {};
   for (int l = 0; i < n; ++i, ++l) {
     const M x = v[i] - shift;
-    t1[l] = x;
-    t2[l] = x * x;
+    s1[l] += double(x);
+    s2[l] += double(x * x);
   }
-  s1 = fold_lanes(a1, t1);
-  s2 = fold_lanes(a2, t2);
 }
 
-// Backward sums over (g, x)[0, n), lanes as above: s1 = sum g, s2 = sum g*(x - mean).
+// Backward sums over (g, x)[0, n) into float64 lanes as above:
+// s1 += sum g, s2 += sum g*(x - mean).
 template <class M>
-void gradient_moments(const M* __restrict g, const M* __restrict x, int64_t n, M mean, M& s1,
-                      M& s2) {
+void gradient_moments(const M* __restrict g, const M* __restrict x, int64_t n, M mean,
+                      double* s1, double* s2) {
   using V = typename Lanes<M>::Vector;
   constexpr int W = Lanes<M>::width;
-  Lanes<M> a1, a2;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int q = 0; q < Lanes<M>::parts; ++q) {
-      const V gv = load_math<V>(g + i + q * W);
-      a1.v[q] += gv;
-      a2.v[q] += gv * (load_math<V>(x + i + q * W) - mean);
+  while (i + kLanes <= n) {
+    const int64_t run_end = std::min(n, i + kRun);
+    Lanes<M> a1, a2;
+    for (; i + kLanes <= run_end; i += kLanes) {
+      for (int q = 0; q < Lanes<M>::parts; ++q) {
+        const V gv = load_math<V>(g + i + q * W);
+        a1.v[q] += gv;
+        a2.v[q] += gv * (load_math<V>(x + i + q * W) - mean);
+      }
     }
+    add_lanes(a1, s1);
+    add_lanes(a2, s2);
   }
-  M t1[kLanes] = {}, t2[kLanes] = {};
   for (int l = 0; i < n; ++i, ++l) {
-    t1[l] = g[i];
-    t2[l] = g[i] * (x[i] - mean);
+    s1[l] += double(g[i]);
+    s2[l] += double(g[i] * (x[i] - mean));
   }
-  s1 = fold_lanes(a1, t1);
-  s2 = fold_lanes(a2, t2);
 }
 
 // ----------------------------------------------------------------- element walk
@@ -332,9 +354,6 @@ void walk_output(const Dims& d, R* y, int threads, Compute&& compute) {
   }
 }
 
-// Rows per channel-last reduction block: about kStep elements, at least one row.
-int64_t tile_rows(int64_t channels) { return std::max<int64_t>(1, kStep / channels); }
-
 // A per-channel array laid out along `length` consecutive elements of the
 // channel-last layout: rep[e] = v[e % C].
 template <class M>
@@ -349,21 +368,21 @@ std::vector<M> along_rows(const std::vector<M>& v, int64_t length) {
 
 // Channel-mid reduction over the partition's units u = g*C + c (group g,
 // channel c: the planes n in [n0, n1) of channel c, read in runs of at most
-// kStep values). Each of a thread's kStreams streams takes consecutive units
+// kTurn values). Each of a thread's kStreams streams takes consecutive units
 // and walks them in memory order (for each n, the planes of its channels of
 // group g one after the other), a run per turn: long sequential streams for
 // the prefetchers. A unit's runs are still added in its own order (n, then
 // position), so its sums do not depend on threads or streams.
-// term(pos, n, sum1, sum2): sums of the run [pos, pos + n);
-// emit(u, sum1, sum2): a unit's result.
+// term(pos, n, lanes1, lanes2): adds the run [pos, pos + n) into a unit's
+// two sets of kLanes float64 lanes; emit(u, sum1, sum2): a unit's result.
 template <class Term, class Emit>
 void reduce_mid(const Dims& d, int threads, Term&& term, Emit&& emit) {
   const Partition p = partition(false, d.outer, d.channels, d.inner);
   const int64_t C = d.channels, S = d.inner, units = p.groups * C;
-  const int64_t runs = (S + kStep - 1) / kStep;
+  const int64_t runs = (S + kTurn - 1) / kTurn;
 #pragma omp parallel num_threads(team(threads, d.count() * C))
   {
-    std::vector<double> sums(size_t(2 * kStreams * C));
+    std::vector<double> lanes(size_t(2 * kLanes * kStreams * C));  // [stream][channel][2][kLanes]
     int64_t begin, end, unit[kStreams], last[kStreams];
     thread_share(units, begin, end);
     stream_parts(begin, end, unit, last);
@@ -379,42 +398,115 @@ void reduce_mid(const Dims& d, int threads, Term&& term, Emit&& emit) {
       n1[k] = std::min(d.outer, n[k] + p.group_size);
       c[k] = c0[k];
       r[k] = 0;
-      std::fill(sums.begin() + 2 * k * C, sums.begin() + 2 * (k + 1) * C, 0.0);
+      std::fill(lanes.begin() + 2 * kLanes * k * C, lanes.begin() + 2 * kLanes * (k + 1) * C, 0.0);
     };
     for (int k = 0; k < kStreams; ++k) start(k);
     in_turns([&](int k) { return unit[k] < last[k]; },
              [&](int k) {
-               double* s = sums.data() + 2 * k * C;
-               double a1, a2;
-               term((n[k] * C + c[k]) * S + r[k] * kStep, std::min(kStep, S - r[k] * kStep), a1, a2);
-               s[2 * c[k]] += a1;
-               s[2 * c[k] + 1] += a2;
+               double* s = lanes.data() + 2 * kLanes * k * C;
+               term((n[k] * C + c[k]) * S + r[k] * kTurn, std::min(kTurn, S - r[k] * kTurn),
+                    s + 2 * kLanes * c[k], s + 2 * kLanes * c[k] + kLanes);
                if (++r[k] < runs) return;
                r[k] = 0;
                if (++c[k] < c1[k]) return;
                c[k] = c0[k];
                if (++n[k] < n1[k]) return;
-               for (int64_t q = c0[k]; q < c1[k]; ++q) emit(g[k] * C + q, s[2 * q], s[2 * q + 1]);
+               for (int64_t q = c0[k]; q < c1[k]; ++q)
+                 emit(g[k] * C + q, fold_lanes(s + 2 * kLanes * q), fold_lanes(s + 2 * kLanes * q + kLanes));
                unit[k] += c1[k] - c0[k];
                start(k);
              });
   }
 }
 
+// Channel-last lanes: one period of lcm(C, kLanes) consecutive values, so
+// lane e always holds channel e % C and a period is a whole number of rows.
+struct Period {
+  int64_t length;  // values (lanes) per period
+  int64_t rows;    // rows per period
+  explicit Period(int64_t channels) {
+    int64_t a = channels, b = kLanes;
+    while (b != 0) {
+      const int64_t t = a % b;
+      a = b;
+      b = t;
+    }
+    length = channels / a * kLanes;
+    rows = length / channels;
+  }
+};
+
+// Adds `periods` consecutive periods at v into the P * kLanes lanes a1, a2,
+// held in registers through the loop (P <= 4: 12 of the 32 zmm for float):
+// shifted moments a1 += v - shift, a2 += (v - shift)^2.
+template <int P, class M>
+void periodic_shifted_moments(const M* __restrict v, int64_t periods, const M* __restrict shift,
+                              M* __restrict a1, M* __restrict a2) {
+  using V = typename Native<M>::Vector;
+  constexpr int W = Native<M>::width, N = P * kLanes / W;
+  V s1[N], s2[N], k[N];
+  for (int q = 0; q < N; ++q) {
+    s1[q] = load_math<V>(a1 + q * W);
+    s2[q] = load_math<V>(a2 + q * W);
+    k[q] = load_math<V>(shift + q * W);
+  }
+  for (int64_t t = 0; t < periods; ++t, v += P * kLanes) {
+    for (int q = 0; q < N; ++q) {
+      const V x = load_math<V>(v + q * W) - k[q];
+      s1[q] += x;
+      s2[q] += x * x;
+    }
+  }
+  for (int q = 0; q < N; ++q) {
+    std::memcpy(a1 + q * W, &s1[q], sizeof(V));
+    std::memcpy(a2 + q * W, &s2[q], sizeof(V));
+  }
+}
+
+// As above for the backward sums: a1 += g, a2 += g * (x - mean).
+template <int P, class M>
+void periodic_gradient_moments(const M* __restrict g, const M* __restrict x, int64_t periods,
+                               const M* __restrict mean, M* __restrict a1, M* __restrict a2) {
+  using V = typename Native<M>::Vector;
+  constexpr int W = Native<M>::width, N = P * kLanes / W;
+  V s1[N], s2[N], m[N];
+  for (int q = 0; q < N; ++q) {
+    s1[q] = load_math<V>(a1 + q * W);
+    s2[q] = load_math<V>(a2 + q * W);
+    m[q] = load_math<V>(mean + q * W);
+  }
+  for (int64_t t = 0; t < periods; ++t, g += P * kLanes, x += P * kLanes) {
+    for (int q = 0; q < N; ++q) {
+      const V gv = load_math<V>(g + q * W);
+      s1[q] += gv;
+      s2[q] += gv * (load_math<V>(x + q * W) - m[q]);
+    }
+  }
+  for (int q = 0; q < N; ++q) {
+    std::memcpy(a1 + q * W, &s1[q], sizeof(V));
+    std::memcpy(a2 + q * W, &s2[q], sizeof(V));
+  }
+}
+
 // Channel-last reduction over the partition's groups of rows. Each of a
 // thread's kStreams streams takes consecutive groups and reads them in
-// blocks of tile_rows(C) rows, a block per turn; accumulate(pos, n, a1, a2)
-// adds the block's n values into the stream's float lanes (one lane per
-// block position), which join the per-channel double sums every kLaneValues
-// blocks and at the group's end. emit(g, rows, sum1, sum2): a group's C sums.
+// blocks of whole periods (about kStep values), a block per turn;
+// accumulate(pos, n, a1, a2) adds the block's n values into the stream's
+// float lanes (one period of them), which join the per-channel double sums
+// every kLaneValues values per lane and at the group's end.
+// emit(g, rows, sum1, sum2): a group's C sums.
 template <class M, class Accumulate, class Emit>
 void reduce_last(const Dims& d, int threads, Accumulate&& accumulate, Emit&& emit) {
   const int64_t C = d.channels;
   const Partition p = partition(true, d.outer, C, 1);
-  const int64_t rows_per_block = tile_rows(C), block = rows_per_block * C;
+  const Period period(C);
+  const int64_t periods_per_block = std::max<int64_t>(1, kTurn / period.length);
+  const int64_t rows_per_block = periods_per_block * period.rows;
+  const int64_t flush_blocks = std::max<int64_t>(1, kLaneValues / periods_per_block);
+  const int64_t L = period.length;
 #pragma omp parallel num_threads(team(threads, d.count() * C))
   {
-    std::vector<M> lanes(size_t(2 * kStreams * block));
+    std::vector<M> lanes(size_t(2 * kStreams * L));
     std::vector<double> sums(size_t(2 * kStreams * C));
     int64_t begin, end, group[kStreams], last[kStreams], row0[kStreams], rows[kStreams],
         blocks[kStreams], j[kStreams];
@@ -426,27 +518,25 @@ void reduce_last(const Dims& d, int threads, Accumulate&& accumulate, Emit&& emi
       rows[k] = std::min(d.outer, row0[k] + p.group_size) - row0[k];
       blocks[k] = (rows[k] + rows_per_block - 1) / rows_per_block;
       j[k] = 0;
-      std::fill(lanes.begin() + 2 * k * block, lanes.begin() + 2 * (k + 1) * block, M(0));
+      std::fill(lanes.begin() + 2 * k * L, lanes.begin() + 2 * (k + 1) * L, M(0));
       std::fill(sums.begin() + 2 * k * C, sums.begin() + 2 * (k + 1) * C, 0.0);
     };
     for (int k = 0; k < kStreams; ++k) start(k);
     in_turns([&](int k) { return group[k] < last[k]; },
              [&](int k) {
-               M* __restrict a1 = lanes.data() + 2 * k * block;
-               M* __restrict a2 = a1 + block;
+               M* __restrict a1 = lanes.data() + 2 * k * L;
+               M* __restrict a2 = a1 + L;
                double* __restrict t1 = sums.data() + 2 * k * C;
                double* __restrict t2 = t1 + C;
                const int64_t r = row0[k] + j[k] * rows_per_block;
                accumulate(r * C, std::min(rows_per_block, row0[k] + rows[k] - r) * C, a1, a2);
                ++j[k];
-               if (j[k] % kLaneValues != 0 && j[k] != blocks[k]) return;
-               for (int64_t q = 0; q < rows_per_block; ++q) {
-                 for (int64_t ch = 0; ch < C; ++ch) {
-                   t1[ch] += double(a1[q * C + ch]);
-                   t2[ch] += double(a2[q * C + ch]);
-                 }
+               if (j[k] % flush_blocks != 0 && j[k] != blocks[k]) return;
+               for (int64_t e = 0; e < L; ++e) {
+                 t1[e % C] += double(a1[e]);
+                 t2[e % C] += double(a2[e]);
                }
-               std::fill(a1, a1 + 2 * block, M(0));
+               std::fill(a1, a1 + 2 * L, M(0));
                if (j[k] != blocks[k]) return;
                emit(group[k], rows[k], t1, t2);
                ++group[k];
@@ -471,12 +561,9 @@ void stats_typed(const Dims& d, const T* x_, double* part, int threads) {
     const Partition p = partition(false, d.outer, C, S);
     reduce_mid(
         d, threads,
-        [&](int64_t pos, int64_t n, double& s1, double& s2) {
-          M buffer[kStep];
-          M a1, a2;
-          shifted_moments(as_math<T>(x + pos, n, buffer), n, shift[(pos / S) % C], a1, a2);
-          s1 = double(a1);
-          s2 = double(a2);
+        [&](int64_t pos, int64_t n, double* s1, double* s2) {
+          M buffer[kTurn];
+          shifted_moments(as_math<T>(x + pos, n, buffer), n, shift[(pos / S) % C], s1, s2);
         },
         [&](int64_t unit, double s1, double s2) {
           const int64_t g = unit / C, c = unit % C;
@@ -484,16 +571,31 @@ void stats_typed(const Dims& d, const T* x_, double* part, int threads) {
           partial_from_shifted(double((n1 - n0) * S), double(shift[c]), s1, s2, part + 3 * unit);
         });
   } else {
-    const std::vector<M> shift_rows = along_rows(shift, tile_rows(C) * C);
-    const M* __restrict kb = shift_rows.data();
+    const int64_t L = Period(C).length;
+    const std::vector<M> shift_lanes = along_rows(shift, L);
+    const M* __restrict kb = shift_lanes.data();
     reduce_last<M>(
         d, threads,
         [&](int64_t pos, int64_t n, M* __restrict a1, M* __restrict a2) {
           const R* __restrict in = x + pos;
-          for (int64_t i = 0; i < n; ++i) {
-            const M v = M(Tr::decode(in[i])) - kb[i];
-            a1[i] += v;
-            a2[i] += v * v;
+          const int64_t periods = n / L;
+          int64_t i = 0;
+          if constexpr (std::is_same_v<R, M>) {
+            switch (L / kLanes) {
+              case 1: periodic_shifted_moments<1>(in, periods, kb, a1, a2); i = periods * L; break;
+              case 2: periodic_shifted_moments<2>(in, periods, kb, a1, a2); i = periods * L; break;
+              case 3: periodic_shifted_moments<3>(in, periods, kb, a1, a2); i = periods * L; break;
+              case 4: periodic_shifted_moments<4>(in, periods, kb, a1, a2); i = periods * L; break;
+              default: break;
+            }
+          }
+          for (; i < n; i += L) {  // lanes in memory (long periods, 16-bit storage), the tail
+            const int64_t m = std::min(L, n - i);
+            for (int64_t e = 0; e < m; ++e) {
+              const M v = M(Tr::decode(in[i + e])) - kb[e];
+              a1[e] += v;
+              a2[e] += v * v;
+            }
           }
         },
         [&](int64_t g, int64_t rows, const double* s1, const double* s2) {
@@ -521,30 +623,42 @@ void backward_reduce_typed(const Dims& d, const T* dy_, const T* x_, const void*
   if (!d.channels_last) {
     reduce_mid(
         d, threads,
-        [&](int64_t pos, int64_t n, double& s1, double& s2) {
-          M gb[kStep], xb[kStep];
-          M a1, a2;
+        [&](int64_t pos, int64_t n, double* s1, double* s2) {
+          M gb[kTurn], xb[kTurn];
           gradient_moments(as_math<T>(dy + pos, n, gb), as_math<T>(x + pos, n, xb), n,
-                           mu[(pos / S) % C], a1, a2);
-          s1 = double(a1);
-          s2 = double(a2);
+                           mu[(pos / S) % C], s1, s2);
         },
         [&](int64_t unit, double s1, double s2) {
           part[2 * unit] = s1;
           part[2 * unit + 1] = s2;
         });
   } else {
-    const std::vector<M> mu_rows = along_rows(mu, tile_rows(C) * C);
-    const M* __restrict mb = mu_rows.data();
+    const int64_t L = Period(C).length;
+    const std::vector<M> mu_lanes = along_rows(mu, L);
+    const M* __restrict mb = mu_lanes.data();
     reduce_last<M>(
         d, threads,
         [&](int64_t pos, int64_t n, M* __restrict a1, M* __restrict a2) {
           const R* __restrict xi = x + pos;
           const R* __restrict gi = dy + pos;
-          for (int64_t i = 0; i < n; ++i) {
-            const M g = M(Tr::decode(gi[i]));
-            a1[i] += g;
-            a2[i] += g * (M(Tr::decode(xi[i])) - mb[i]);
+          const int64_t periods = n / L;
+          int64_t i = 0;
+          if constexpr (std::is_same_v<R, M>) {
+            switch (L / kLanes) {
+              case 1: periodic_gradient_moments<1>(gi, xi, periods, mb, a1, a2); i = periods * L; break;
+              case 2: periodic_gradient_moments<2>(gi, xi, periods, mb, a1, a2); i = periods * L; break;
+              case 3: periodic_gradient_moments<3>(gi, xi, periods, mb, a1, a2); i = periods * L; break;
+              case 4: periodic_gradient_moments<4>(gi, xi, periods, mb, a1, a2); i = periods * L; break;
+              default: break;
+            }
+          }
+          for (; i < n; i += L) {
+            const int64_t m = std::min(L, n - i);
+            for (int64_t e = 0; e < m; ++e) {
+              const M g = M(Tr::decode(gi[i + e]));
+              a1[e] += g;
+              a2[e] += g * (M(Tr::decode(xi[i + e])) - mb[e]);
+            }
           }
         },
         [&](int64_t g, int64_t, const double* s1, const double* s2) {
