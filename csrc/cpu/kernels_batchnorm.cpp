@@ -59,7 +59,8 @@ void merge_stats(const Dims& d, const double* part, int64_t groups, double eps, 
                  int threads) {
   using S = typename StorageTraits<T>::State;
   const int64_t C = d.channels;
-  const int team = C * groups < kParallelPartials ? 1 : (threads > 0 ? threads : omp_get_max_threads());
+  const int team =
+      C * groups < kParallelPartials ? 1 : (threads > 0 ? threads : omp_get_max_threads());
 #pragma omp parallel num_threads(team)
   {
     const int64_t t = omp_get_thread_num(), size = omp_get_num_threads();
