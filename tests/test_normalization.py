@@ -17,7 +17,10 @@ except ImportError:  # pragma: no cover
 LAYOUT_SHAPES = {
     "NC": [(2, 1), (7, 5), (37, 3), (300, 70)],
     "NCHW": [(3, 4, 5), (2, 3, 7, 9), (5, 17, 3, 3), (1, 2, 3, 2, 5), (9, 6, 1, 1)],
-    "NHWC": [(3, 5, 4), (2, 7, 9, 3), (5, 3, 3, 17), (1, 3, 2, 5, 2), (4, 4, 4, 130)],
+    # C = 24 and 64: channel-last sums in registers (lcm(C, 16) = 2 and 4 lane vectors),
+    # 24 with an odd row count (a partial period at the group's end)
+    "NHWC": [(3, 5, 4), (2, 7, 9, 3), (5, 3, 3, 17), (1, 3, 2, 5, 2), (4, 4, 4, 130),
+             (3, 7, 11, 24), (5, 9, 7, 64)],
 }
 CASES = [(lay, s) for lay, shapes in LAYOUT_SHAPES.items() for s in shapes]
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
@@ -192,6 +195,84 @@ def test_deterministic_across_thread_counts(layout, shape, dtype):
     for other in results[1:]:
         for a, b_ in zip(results[0], other):
             assert a.tobytes() == b_.tobytes()
+
+
+def raw_bytes(a) -> bytes:
+    if torch is not None and isinstance(a, torch.Tensor):
+        return a.detach().contiguous().view(torch.uint8).numpy().tobytes()
+    return np.ascontiguousarray(a).tobytes()
+
+
+def run_both_passes(x, dy, layout, dtype, threads=None, out=None, dx_out=None):
+    C = channels(tuple(x.shape), layout)
+    g, b, rm, rv = params(C, dtype, np.random.default_rng(1))
+    y, s = optcore.batch_norm(x, g, b, rm, rv, layout=layout, threads=threads, out=out)
+    dx, dg, db = optcore.batch_norm_backward(dy, x, g, s, threads=threads, out=dx_out)
+    return [y, s.mean, s.invstd, rm, rv, dx, dg, db]
+
+
+def available_isas():
+    order = ["base", "avx2", "avx512"]
+    return order[: order.index(_core.cpu_isa_detected()) + 1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout,shape", [("NCHW", (5, 3, 37, 29)), ("NHWC", (7, 13, 11, 37)),
+                                          ("NHWC", (3, 7, 11, 24)), ("NHWC", (9, 17, 13, 64)),
+                                          ("NC", (3001, 19)), ("NCHW", (3, 2, 1100))])
+def test_same_bits_on_every_instruction_set(layout, shape, dtype):
+    """The passes are compiled per instruction set; the sums are kept in 16 explicit lanes so
+    the vector width never changes the association (tails, several runs per plane, odd C)."""
+    rng = np.random.default_rng(31)
+    x = make(rng.normal(3.0, 2.0, shape), dtype, offset=True)
+    dy = make(rng.normal(size=shape), dtype, offset=True)
+    before = _core.cpu_isa()
+    results = {}
+    try:
+        for isa in available_isas():
+            _core.set_cpu_isa(isa)
+            results[isa] = [raw_bytes(a) for a in run_both_passes(x, dy, layout, dtype, threads=2)]
+    finally:
+        _core.set_cpu_isa(before)
+    first = next(iter(results.values()))
+    for isa, got in results.items():
+        assert got == first, f"{isa} differs from {next(iter(results))}"
+
+
+# Outputs of 16 MiB or more are written with streaming (non-temporal) stores in whole cache
+# lines, with ordinary stores for the partial lines at the ends of each block: these shapes
+# cross that size with misaligned x, dy, y and dx, odd plane sizes and odd channel counts.
+LARGE = [("float32", "NCHW", (8, 16, 181, 191)), ("float32", "NHWC", (4, 97, 89, 131)),
+         ("float64", "NCHW", (4, 8, 257, 263)), ("float16", "NHWC", (16, 64, 64, 129))]
+
+
+@pytest.mark.parametrize("dtype,layout,shape", LARGE)
+def test_large_outputs_streamed_correct_and_deterministic(dtype, layout, shape):
+    rng = np.random.default_rng(37)
+    x = make(rng.normal(2.0, 3.0, shape), dtype, offset=True)
+    dy = make(rng.normal(size=shape), dtype, offset=True)
+    assert x.nbytes >= 16 << 20
+    runs = []
+    for threads in (1, 2):
+        y_out = make(np.full(shape, np.nan), dtype, offset=True)
+        dx_out = make(np.full(shape, np.nan), dtype, offset=True)
+        runs.append(run_both_passes(x, dy, layout, dtype, threads=threads, out=y_out,
+                                    dx_out=dx_out))
+    for a, b_ in zip(*runs):
+        assert raw_bytes(a) == raw_bytes(b_)
+    y, mean, invstd, _, _, dx, dg, db = runs[0]
+    C = channels(shape, layout)
+    g, b, rm, rv = params(C, dtype, np.random.default_rng(1))
+    ry, rmu, rinv, _, _ = ref.forward(f64(x), g, b, rm, rv, True, 0.1, 1e-5, layout)
+    ytol, ctol = TOL[dtype]
+    close(y, ry, ytol, "y")
+    close(mean, rmu, ctol, "saved.mean")
+    close(invstd, rinv, ctol, "saved.invstd")
+    rdx, rdg, rdb = ref.backward(f64(dy), f64(x), g, rmu, rinv, True, layout)
+    n = f64(x).size // C
+    close(dx, rdx, ytol * 4, "dx")
+    close(dg, rdg, ctol * max(1.0, np.sqrt(n) / 4), "dgamma")
+    close(db, rdb, ctol * max(1.0, np.sqrt(n) / 4), "dbeta")
 
 
 def test_phases_allow_a_merge_of_partials_from_two_shards():
