@@ -127,6 +127,9 @@ double chunk_sum_squares(const T* ptr, int64_t n) {
   double acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
+    // One sequential stream per thread leaves this machine's prefetchers short of
+    // bandwidth; asking 2 KiB ahead brings the pass to the read probe's speed.
+    __builtin_prefetch(reinterpret_cast<const char*>(p + i) + 2048);
     for (int l = 0; l < kLanes; ++l) {
       const double x = double(StorageTraits<T>::decode(p[i + l]));
       acc[l] += x * x;
