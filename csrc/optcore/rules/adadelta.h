@@ -14,7 +14,10 @@ template <class M> struct AdaDeltaRule {
   OPTCORE_HD void operator()(M& theta, M g, M* st) const {
     const M r = rho * st[0] + one_minus_rho * g * g;
     st[0] = r;
-    const M d = -OPTCORE_SQRT(st[1] + delta) / OPTCORE_SQRT(r + delta) * g;
+    // One root of the quotient instead of a quotient of roots: the same value to
+    // an ulp, and a square root fewer per element (the step is compute-bound
+    // when the streams are cache-resident).
+    const M d = -OPTCORE_SQRT((st[1] + delta) / (r + delta)) * g;
     st[1] = rho * st[1] + one_minus_rho * d * d;
     theta += lr * d;
   }
