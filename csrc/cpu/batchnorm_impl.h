@@ -829,19 +829,8 @@ void backward_apply_typed(const Dims& d, const T* dy_, const T* x_, T* dx_, cons
   }
 }
 
-template <class F>
-void dispatch(int dtype, F&& f) {
-  switch (dtype) {
-    case 0: f(float{}); break;
-    case 1: f(double{}); break;
-    case 2: f(Half{}); break;
-    case 3: f(BFloat16{}); break;
-    default: throw std::invalid_argument("batch norm: unknown dtype code");
-  }
-}
-
 void partial_stats(int dtype, const Dims& d, const void* x, double* partials, int threads) {
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     stats_typed<T>(d, static_cast<const T*>(x), partials, threads);
   });
@@ -849,7 +838,7 @@ void partial_stats(int dtype, const Dims& d, const void* x, double* partials, in
 
 void forward_apply(int dtype, const Dims& d, const void* x, void* y, const void* mean,
                    const void* invstd, const void* gamma, const void* beta, int threads) {
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     forward_apply_typed<T>(d, static_cast<const T*>(x), static_cast<T*>(y), mean, invstd, gamma,
                            beta, threads);
@@ -858,7 +847,7 @@ void forward_apply(int dtype, const Dims& d, const void* x, void* y, const void*
 
 void backward_reduce(int dtype, const Dims& d, const void* dy, const void* x, const void* mean,
                      double* partials, int threads) {
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     backward_reduce_typed<T>(d, static_cast<const T*>(dy), static_cast<const T*>(x), mean,
                              partials, threads);
@@ -867,7 +856,7 @@ void backward_reduce(int dtype, const Dims& d, const void* dy, const void* x, co
 
 void backward_apply(int dtype, const Dims& d, const void* dy, const void* x, void* dx,
                     const void* mean, const double* coeffs, int threads) {
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     backward_apply_typed<T>(d, static_cast<const T*>(dy), static_cast<const T*>(x),
                             static_cast<T*>(dx), mean, coeffs, threads);

@@ -34,17 +34,6 @@ const CpuPassTable& active_passes() {
   }
 }
 
-template <class F>
-void dispatch(int dtype, F&& f) {
-  switch (dtype) {
-    case 0: f(float{}); break;
-    case 1: f(double{}); break;
-    case 2: f(Half{}); break;
-    case 3: f(BFloat16{}); break;
-    default: throw std::invalid_argument("batch norm: unknown dtype code");
-  }
-}
-
 void check_dtype(int dtype) {
   if (dtype < 0 || dtype > 3) throw std::invalid_argument("batch norm: unknown dtype code");
 }
@@ -114,7 +103,7 @@ void cpu_partial_stats(int dtype, const Dims& d, const void* x, double* partials
 void cpu_merge_stats(int dtype, const Dims& d, const double* partials, int64_t groups, double eps,
                      double factor, void* saved_mean, void* saved_invstd, void* running_mean,
                      void* running_var, int threads) {
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     merge_stats<T>(d, partials, groups, eps, factor, saved_mean, saved_invstd, running_mean,
                    running_var, threads);
@@ -123,7 +112,7 @@ void cpu_merge_stats(int dtype, const Dims& d, const double* partials, int64_t g
 
 void cpu_eval_stats(int dtype, int64_t channels, const void* running_mean, const void* running_var,
                     double eps, void* saved_mean, void* saved_invstd) {
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using S = typename StorageTraits<decltype(tag)>::State;
     const S* rm = static_cast<const S*>(running_mean);
     const S* rv = static_cast<const S*>(running_var);
@@ -151,7 +140,7 @@ void cpu_backward_reduce(int dtype, const Dims& d, const void* dy, const void* x
 void cpu_backward_finalize(int dtype, const Dims& d, const double* partials, int64_t groups,
                            const void* invstd, const void* gamma, bool training, void* dgamma,
                            void* dbeta, double* coeffs) {
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     backward_finalize<T>(d, partials, groups, invstd, gamma, training, dgamma, dbeta, coeffs);
   });

@@ -37,17 +37,6 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
-template <class F>
-void dispatch(int dtype, F&& f) {
-  switch (dtype) {
-    case 0: f(float{}); break;
-    case 1: f(double{}); break;
-    case 2: f(Half{}); break;
-    case 3: f(BFloat16{}); break;
-    default: throw std::invalid_argument("batch norm: unknown dtype code");
-  }
-}
-
 unsigned elementwise_blocks(int64_t total) {
   const int64_t b = (total + kThreads - 1) / kThreads;
   return unsigned(std::min<int64_t>(std::max<int64_t>(b, 1), int64_t(1) << 20));
@@ -278,7 +267,7 @@ void cuda_partial_stats(int dtype, const Dims& d, const void* x, double* partial
                         uintptr_t stream) {
   if (d.count() <= 0 || d.channels <= 0) return;
   DeviceGuard guard(device);
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     launch_reduce<T, 0>(d, static_cast<const T*>(x), nullptr, nullptr, partials,
                         reinterpret_cast<cudaStream_t>(stream));
@@ -290,7 +279,7 @@ void cuda_merge_stats(int dtype, const Dims& d, const double* partials, int64_t 
                       void* running_var, int device, uintptr_t stream) {
   if (d.channels <= 0) return;
   DeviceGuard guard(device);
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using S = typename StorageTraits<decltype(tag)>::State;
     merge_kernel<S><<<channel_blocks(d.channels), 128, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
         partials, groups, d.channels, eps, factor, static_cast<S*>(saved_mean),
@@ -303,7 +292,7 @@ void cuda_eval_stats(int dtype, int64_t channels, const void* running_mean, cons
                      double eps, void* saved_mean, void* saved_invstd, int device, uintptr_t stream) {
   if (channels <= 0) return;
   DeviceGuard guard(device);
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using S = typename StorageTraits<decltype(tag)>::State;
     eval_stats_kernel<S><<<channel_blocks(channels), 128, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
         static_cast<const S*>(running_mean), static_cast<const S*>(running_var), channels, eps,
@@ -318,7 +307,7 @@ void cuda_forward_apply(int dtype, const Dims& d, const void* x, void* y, const 
   const int64_t total = d.count() * d.channels;
   if (total <= 0) return;
   DeviceGuard guard(device);
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using S = typename StorageTraits<T>::State;
     auto go = [&](auto index_tag) {
@@ -340,7 +329,7 @@ void cuda_backward_reduce(int dtype, const Dims& d, const void* dy, const void* 
                           double* partials, int device, uintptr_t stream) {
   if (d.count() <= 0 || d.channels <= 0) return;
   DeviceGuard guard(device);
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     launch_reduce<T, 1>(d, static_cast<const T*>(x), static_cast<const T*>(dy), mean, partials,
                         reinterpret_cast<cudaStream_t>(stream));
@@ -352,7 +341,7 @@ void cuda_backward_finalize(int dtype, const Dims& d, const double* partials, in
                             void* dbeta, double* coeffs, int device, uintptr_t stream) {
   if (d.channels <= 0) return;
   DeviceGuard guard(device);
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using S = typename StorageTraits<decltype(tag)>::State;
     backward_finalize_kernel<S><<<channel_blocks(d.channels), 128, 0,
                                   reinterpret_cast<cudaStream_t>(stream)>>>(
@@ -368,7 +357,7 @@ void cuda_backward_apply(int dtype, const Dims& d, const void* dy, const void* x
   const int64_t total = d.count() * d.channels;
   if (total <= 0) return;
   DeviceGuard guard(device);
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using S = typename StorageTraits<T>::State;
     auto go = [&](auto index_tag) {

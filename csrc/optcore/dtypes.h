@@ -7,6 +7,8 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include "optcore/hd.h"
 
 namespace optcore {
@@ -119,5 +121,18 @@ template <> struct StorageTraits<BFloat16> {
   OPTCORE_HD static float load(BFloat16 v) { return bfloat16_to_float(v.bits); }
   OPTCORE_HD static BFloat16 store(float v) { return BFloat16{float_to_bfloat16(v)}; }
 };
+
+// f(T{}) for the storage type of a dtype code (float32, float64, float16,
+// bfloat16), on the host; an unknown code throws std::invalid_argument naming `what`.
+template <class F>
+inline void dispatch_dtype(int code, F&& f, const char* what = "dtype") {
+  switch (code) {
+    case 0: f(float{}); break;
+    case 1: f(double{}); break;
+    case 2: f(Half{}); break;
+    case 3: f(BFloat16{}); break;
+    default: throw std::invalid_argument(std::string(what) + ": unknown dtype code " + std::to_string(code));
+  }
+}
 
 }  // namespace optcore
