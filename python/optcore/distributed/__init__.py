@@ -12,5 +12,7 @@
 from ._comm import Communicator, MPICommunicator, TorchCommunicator, as_communicator
 from .sharded import ShardedOptimizer, average_in_rank_order
 
+from ..normalization import SyncBatchNorm  # noqa: E402
+
 __all__ = ["Communicator", "TorchCommunicator", "MPICommunicator", "as_communicator",
-           "ShardedOptimizer", "average_in_rank_order"]
+           "ShardedOptimizer", "average_in_rank_order", "SyncBatchNorm"]
