@@ -47,8 +47,8 @@ class Communicator:
         self.bytes_sent = 0
 
     # ---------------------------------------------------------------- interface
-    def allreduce(self, buf: Any) -> Any:
-        """Sum ``buf`` over all ranks, in place; returns ``buf``."""
+    def allreduce(self, buf: Any, op: str = "sum") -> Any:
+        """Sum (``op="sum"``) or maximum (``op="max"``) of ``buf`` over all ranks, in place."""
         raise NotImplementedError
 
     def reduce_scatter(self, send: Any, recv: Any) -> Any:
@@ -125,11 +125,17 @@ class TorchCommunicator(Communicator):
         raise TypeError(f"{name}: the torch.distributed engine takes torch tensors or numpy "
                         f"arrays, got {type(buf).__module__}.{type(buf).__qualname__}")
 
-    def allreduce(self, buf):
+    def allreduce(self, buf, op="sum"):
         v = self._check(buf, "buf")
-        self._dist.all_reduce(self._t(buf, "buf"), group=self.group)
+        self._dist.all_reduce(self._t(buf, "buf"), op=self._op(op), group=self.group)
         self._count(v.nbytes, 2.0 * (self.size - 1) / self.size)
         return buf
+
+    def _op(self, op):
+        ops = {"sum": self._dist.ReduceOp.SUM, "max": self._dist.ReduceOp.MAX}
+        if op not in ops:
+            raise ValueError(f"op: expected 'sum' or 'max', got {op!r}")
+        return ops[op]
 
     def reduce_scatter(self, send, recv):
         nbytes = self._check_blocks(send, recv, "reduce_scatter", "send", "recv")
@@ -209,10 +215,12 @@ class MPICommunicator(Communicator):
             return arr.view(np.uint16) if isinstance(arr, np.ndarray) else arr.view("uint16")
         return arr
 
-    def allreduce(self, buf):
+    def allreduce(self, buf, op="sum"):
         v = self._check(buf, "buf")
-        self.comm.Allreduce(self._MPI.IN_PLACE, self._buf(buf, "buf", reduce=True),
-                            op=self._MPI.SUM)
+        ops = {"sum": self._MPI.SUM, "max": self._MPI.MAX}
+        if op not in ops:
+            raise ValueError(f"op: expected 'sum' or 'max', got {op!r}")
+        self.comm.Allreduce(self._MPI.IN_PLACE, self._buf(buf, "buf", reduce=True), op=ops[op])
         self._count(v.nbytes, 2.0 * (self.size - 1) / self.size)
         return buf
 
@@ -254,7 +262,9 @@ class _SingleProcess(Communicator):
     """World size 1 (``comm=False``): every collective is the identity. For tests and
     for code that runs the same with and without a group."""
 
-    def allreduce(self, buf):
+    def allreduce(self, buf, op="sum"):
+        if op not in ("sum", "max"):
+            raise ValueError(f"op: expected 'sum' or 'max', got {op!r}")
         return buf
 
     def reduce_scatter(self, send, recv):
