@@ -139,15 +139,16 @@ class TorchCommunicator(Communicator):
 
     def reduce_scatter(self, send, recv):
         nbytes = self._check_blocks(send, recv, "reduce_scatter", "send", "recv")
-        self._dist.reduce_scatter_tensor(self._t(recv, "recv"), self._t(send, "send"),
-                                         group=self.group)
+        # torch ≥ 2.13 names these *_single (the *_tensor names warn); same arguments.
+        fn = getattr(self._dist, "reduce_scatter_single", None) or self._dist.reduce_scatter_tensor
+        fn(self._t(recv, "recv"), self._t(send, "send"), group=self.group)
         self._count(nbytes, self.size - 1)
         return recv
 
     def allgather(self, send, recv):
         nbytes = self._check_blocks(recv, send, "allgather", "recv", "send")
-        self._dist.all_gather_into_tensor(self._t(recv, "recv"), self._t(send, "send"),
-                                          group=self.group)
+        fn = getattr(self._dist, "all_gather_single", None) or self._dist.all_gather_into_tensor
+        fn(self._t(recv, "recv"), self._t(send, "send"), group=self.group)
         self._count(nbytes, self.size - 1)
         return recv
 
