@@ -50,12 +50,13 @@ def _why_not(engine: str) -> Optional[str]:
 
 
 def _launch(engine: str, out: str, args: List[str], timeout: float) -> Dict[str, Any]:
-    env = dict(os.environ)
+    # One optcore thread per rank: the 2 ranks share the machine's cores.
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OPTCORE_BENCH_RANK_THREADS", "1"))
     cmd = [sys.executable, WORKER, engine, out] + args
-    procs = []
+    procs, logs = [], [open(f"{out}.{r}.log", "w+") for r in range(2 if engine == "torch" else 1)]
     if engine == "mpi":
-        procs.append(subprocess.Popen([_mpiexec(), "-n", "2"] + cmd, env=env,
-                                      start_new_session=True))
+        procs.append(subprocess.Popen([_mpiexec(), "-n", "2"] + cmd, env=env, stdout=logs[0],
+                                      stderr=subprocess.STDOUT, start_new_session=True))
     else:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -63,16 +64,24 @@ def _launch(engine: str, out: str, args: List[str], timeout: float) -> Dict[str,
         for r in range(2):
             procs.append(subprocess.Popen(cmd, env=dict(env, RANK=str(r), WORLD_SIZE="2",
                                                         MASTER_PORT=str(port)),
+                                          stdout=logs[r], stderr=subprocess.STDOUT,
                                           start_new_session=True))
     try:
         for p in procs:
             if p.wait(timeout=timeout) != 0:
-                raise RuntimeError(f"distributed suite: a {engine} rank exited with {p.returncode}")
+                text = ""
+                for r, f in enumerate(logs):
+                    f.seek(0)
+                    text += f"\n--- rank log {r}\n" + f.read()[-3000:]
+                raise RuntimeError(f"distributed suite: a {engine} rank exited with "
+                                   f"{p.returncode}{text}")
     finally:
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        for f in logs:
+            f.close()
     with open(out) as f:
         return json.load(f)
 

@@ -24,9 +24,14 @@ def init(engine: str):
 
 
 def finish(engine: str) -> None:
+    """Leave together; for torch without C++ teardown (gloo's threads can abort it)."""
     if engine == "torch":
         import torch.distributed as dist
-        dist.destroy_process_group()
+        obj = [None] * dist.get_world_size()
+        dist.all_gather_object(obj, None)  # every rank has finished its collectives
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     sys.stdout.flush()
 
 
