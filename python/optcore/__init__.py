@@ -25,3 +25,5 @@ from .second_order import BFGS, CG, LBFGS, Newton, NonlinearCG, OptimizeResult, 
 __all__ += ["minimize", "OptimizeResult", "LBFGS", "BFGS", "CG", "NonlinearCG", "Newton"]
 from . import init, nn  # noqa: E402  (SPEC §4 initialisation, §5 network module)
 from . import diagnostics, strategies  # noqa: E402,F401  (SPEC §5)
+from .normalization import SyncBatchNorm  # noqa: E402,F401
+from . import distributed  # noqa: E402,F401  (SPEC §8 scale-out; MPI/torch imported on use)

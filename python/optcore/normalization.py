@@ -46,7 +46,7 @@ from typing import Any, Optional, Tuple
 from . import _arrays, _core
 from ._arrays import STATE_DTYPE, View
 
-__all__ = ["batch_norm", "batch_norm_backward", "BatchNorm", "BatchNormSaved"]
+__all__ = ["batch_norm", "batch_norm_backward", "BatchNorm", "SyncBatchNorm", "BatchNormSaved"]
 
 LAYOUTS = ("NC", "NCHW", "NHWC")
 
@@ -69,6 +69,10 @@ class BatchNormSaved:
     dtype: int
     has_gamma: bool
     has_beta: bool
+    #: the communicator of a synchronised training forward (``comm=``), and the batch's
+    #: total count over all ranks; the backward then reduces across the same ranks
+    comm: Any = None
+    total_count: int = 0
 
 
 # --------------------------------------------------------------------- helpers
@@ -180,7 +184,8 @@ def _ptr(v: Optional[View]) -> int:
 def batch_norm(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any,
                training: bool = True, momentum: Optional[float] = 0.1, eps: float = 1e-5,
                layout: str = "NCHW", *, num_batches_tracked: Optional[int] = None,
-               out: Any = None, threads: Optional[int] = None) -> Tuple[Any, BatchNormSaved]:
+               out: Any = None, threads: Optional[int] = None,
+               comm: Any = None) -> Tuple[Any, BatchNormSaved]:
     """Batch-normalise ``x`` per channel (section 8.7.1, eqs. 8.35-8.37).
 
     Training: ``y = gamma * (x - mu) / sigma + beta`` with the batch mean ``mu``
@@ -206,6 +211,15 @@ def batch_norm(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: An
         output is page-faulted in on every call (about 25 ms per 205 MB on a 2-core
         Xeon, as long as the normalisation itself).
     threads : CPU threads (None: the OpenMP default); results do not depend on it.
+    comm : synchronised batch norm (training only): an mpi4py communicator, a
+        torch.distributed ProcessGroup (``None`` is *not* the default group here: it means
+        no synchronisation) or an :class:`optcore.distributed.Communicator`. The statistics
+        are those of the batch concatenated over all ranks: every rank's per-channel
+        (count, mean, M2) reach every rank in one all-gather and are merged in rank order
+        (Chan's formula), so all ranks normalise with identical statistics and update their
+        running statistics identically. Collective: every rank of the group calls it, with
+        the same C (any per-rank batch size, even 0). The backward of such a forward
+        reduces across the same ranks.
 
     Returns
     -------
@@ -220,10 +234,38 @@ def batch_norm(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: An
     >>> bool(abs(float(y.mean())) < 1e-5)
     True
     """
+    args = (x, gamma, beta, running_mean, running_var, training, momentum, eps, layout,
+            num_batches_tracked, out, threads)
+    if comm is None or not training:
+        return _batch_norm(*args, sync=None)
+    from .distributed.batchnorm import BatchNormSync  # noqa: PLC0415
+    sync = BatchNormSync(comm)
+    try:
+        return _batch_norm(*args, sync=sync)
+    except BaseException:
+        # Failed before the collective: join it with the failure flag so no rank waits.
+        sync.fail_forward(sync.channels if sync.channels is not None else
+                          _channels_hint(gamma, beta, running_mean, running_var))
+        raise
+
+
+def _channels_hint(*per_channel: Any) -> Optional[int]:
+    for a in per_channel:
+        try:
+            return _arrays.view_of(a, "a").numel
+        except TypeError:
+            continue
+    return None
+
+
+def _batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps, layout,
+                num_batches_tracked, out, threads, sync):
     xv = _arrays.view_of(x, "x")
     _arrays.require_supported_dtype(xv, "x")
     _arrays.require_contiguous(xv, "x")
     cl, outer, channels, inner = _geometry(xv, layout, "x")
+    if sync is not None:
+        sync.channels, sync.ref = channels, xv
     stat_dtype = STATE_DTYPE[xv.dtype]
     training = bool(training)
     eps = _arrays.require_range(eps, "eps", lo=0.0, lo_open=True)
@@ -242,7 +284,7 @@ def batch_norm(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: An
     count = outer * inner
     factor = 0.0
     if training:
-        if count < 2 and channels > 0:
+        if count < 2 and channels > 0 and sync is None:  # synchronised: checked over all ranks
             raise ValueError(f"x: training needs more than one value per channel "
                              f"(got {count} for shape {xv.shape}, layout {layout!r})")
         if rmv is not None:
@@ -279,6 +321,12 @@ def batch_norm(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: An
         partials = _arrays.empty_array(xv, (max(groups, 1), max(channels, 1), 3), "float64")
         pv = _arrays.view_of(partials, "partials")
         be("bn_partial_stats", *geo, xv.ptr, pv.ptr)
+        if sync is not None:  # every rank's (count, mean, M2), merged by the kernel in rank order
+            partials, groups = sync.merge_forward(partials, groups, count)
+            pv = _arrays.view_of(partials, "partials")
+            if sync.total_count < 2 and channels > 0:
+                raise ValueError(f"x: training needs more than one value per channel over all "
+                                 f"ranks (got {sync.total_count})")
         be("bn_merge_stats", *geo, pv.ptr, groups, eps, factor, smv.ptr, siv.ptr,
            _ptr(rmv), _ptr(rvv))
     else:
@@ -287,7 +335,9 @@ def batch_norm(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: An
     be("bn_forward_apply", *geo, xv.ptr, yv.ptr, smv.ptr, siv.ptr, _ptr(gv), _ptr(bv))
     saved = BatchNormSaved(mean=saved_mean, invstd=saved_invstd, training=training, eps=eps,
                            layout=layout, shape=tuple(xv.shape), dtype=xv.dtype,
-                           has_gamma=gv is not None, has_beta=bv is not None)
+                           has_gamma=gv is not None, has_beta=bv is not None,
+                           comm=None if sync is None else sync.comm,
+                           total_count=count if sync is None else sync.total_count)
     return y, saved
 
 
@@ -295,7 +345,8 @@ def batch_norm(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: An
 
 def batch_norm_backward(dy: Any, x: Any, gamma: Any, saved: BatchNormSaved,
                         layout: Optional[str] = None, *, out: Any = None,
-                        threads: Optional[int] = None) -> Tuple[Any, Any, Any]:
+                        threads: Optional[int] = None,
+                        param_grads: str = "local") -> Tuple[Any, Any, Any]:
     """Gradients of :func:`batch_norm` with respect to x, gamma and beta.
 
     With ``xhat = (x - mu) / sigma`` (training, the gradient flows through the
@@ -316,6 +367,13 @@ def batch_norm_backward(dy: Any, x: Any, gamma: Any, saved: BatchNormSaved,
     layout : must match the forward's (None: the forward's).
     out : optional preallocated dx like ``x`` (see :func:`batch_norm`'s ``out``).
     threads : CPU threads (None: the OpenMP default).
+    param_grads : after a synchronised forward (``comm=``): ``"local"`` returns this
+        rank's contribution to dgamma and dbeta (their sum over ranks is the whole
+        batch's; a data-parallel gradient average then treats them like every other
+        parameter's, as torch.nn.SyncBatchNorm does), ``"global"`` the whole batch's
+        (the single-process values over the concatenated batch, equal on every rank).
+        dx is always the gradient through the global statistics: Σdy and Σdy·(x − μ)
+        of all ranks travel in one all-reduce. Collective, like the forward.
 
     Returns
     -------
@@ -334,6 +392,21 @@ def batch_norm_backward(dy: Any, x: Any, gamma: Any, saved: BatchNormSaved,
     if not isinstance(saved, BatchNormSaved):
         raise TypeError(f"saved: expected the BatchNormSaved returned by batch_norm, "
                         f"got {type(saved).__qualname__}")
+    if saved.comm is None or not saved.training:
+        return _batch_norm_backward(dy, x, gamma, saved, layout, out, threads, None, param_grads)
+    from .distributed.batchnorm import BatchNormSync  # noqa: PLC0415
+    sync = BatchNormSync(saved.comm)
+    try:
+        return _batch_norm_backward(dy, x, gamma, saved, layout, out, threads, sync, param_grads)
+    except BaseException:
+        sync.fail_backward(sync.channels if sync.channels is not None else
+                           _channels_hint(saved.mean))
+        raise
+
+
+def _batch_norm_backward(dy, x, gamma, saved, layout, out, threads, sync, param_grads):
+    if param_grads not in ("local", "global"):
+        raise ValueError(f"param_grads: expected 'local' or 'global', got {param_grads!r}")
     if layout is None:
         layout = saved.layout
     if layout != saved.layout:
@@ -345,6 +418,8 @@ def batch_norm_backward(dy: Any, x: Any, gamma: Any, saved: BatchNormSaved,
         raise ValueError(f"x: shape {xv.shape} dtype {xv.dtype_name}, but the forward saw shape "
                          f"{saved.shape} dtype {_arrays.DTYPE_NAMES[saved.dtype]}")
     cl, outer, channels, inner = _geometry(xv, layout, "x")
+    if sync is not None:
+        sync.channels, sync.ref = channels, xv
     stat_dtype = STATE_DTYPE[xv.dtype]
     nthreads = _threads(threads)
     dyv = _like_x(dy, "dy", xv, xv.shape, writeable=False)
@@ -375,8 +450,20 @@ def batch_norm_backward(dy: Any, x: Any, gamma: Any, saved: BatchNormSaved,
     cv = _arrays.view_of(coeffs, "coeffs")
     geo = (xv.dtype, cl, outer, channels, inner)
     be("bn_backward_reduce", *geo, dyv.ptr, xv.ptr, smv.ptr, pv.ptr)
-    be("bn_backward_finalize", *geo, pv.ptr, groups, siv.ptr, _ptr(gv), saved.training,
-       _ptr(dgv), _ptr(dbv), cv.ptr, threaded=False)
+    if sync is not None:
+        # The finalize reads n from the geometry: the whole batch's count, as (n, C, 1).
+        total, local = sync.reduce_backward(partials, groups, outer * inner)
+        be("bn_backward_finalize", xv.dtype, cl, saved.total_count, channels, 1,
+           _arrays.view_of(total, "partials").ptr, 1, siv.ptr, _ptr(gv), True,
+           _ptr(dgv), _ptr(dbv), cv.ptr, threaded=False)
+        if param_grads == "local" and (dgv is not None or dbv is not None):
+            scratch = _arrays.empty_array(xv, (max(channels, 1), 3), "float64")
+            be("bn_backward_finalize", xv.dtype, cl, max(outer * inner, 1), channels, 1,
+               _arrays.view_of(local, "partials").ptr, 1, siv.ptr, _ptr(gv), True,
+               _ptr(dgv), _ptr(dbv), _arrays.view_of(scratch, "coeffs").ptr, threaded=False)
+    else:
+        be("bn_backward_finalize", *geo, pv.ptr, groups, siv.ptr, _ptr(gv), saved.training,
+           _ptr(dgv), _ptr(dbv), cv.ptr, threaded=False)
     be("bn_backward_apply", *geo, dyv.ptr, xv.ptr, dxv.ptr, smv.ptr, cv.ptr)
     return dx, dgamma, dbeta
 
@@ -445,6 +532,9 @@ class BatchNorm:
         self.grad_beta = None
         self._cache = None
 
+    _comm: Any = None  # SyncBatchNorm: the communicator of the training statistics
+    _param_grads = "local"
+
     def train(self, mode: bool = True) -> "BatchNorm":
         self.training = bool(mode)
         return self
@@ -464,7 +554,7 @@ class BatchNorm:
         y, saved = batch_norm(x, self.gamma, self.beta, self.running_mean, self.running_var,
                               training=use_batch, momentum=self.momentum, eps=self.eps,
                               layout=self.layout, num_batches_tracked=self.num_batches_tracked,
-                              threads=self.threads)
+                              threads=self.threads, comm=self._comm)
         if self.training and self.running_mean is not None:
             self.num_batches_tracked += 1
         self._cache = (x, saved)
@@ -477,7 +567,8 @@ class BatchNorm:
             raise RuntimeError("backward: call forward first")
         x, saved = self._cache
         dx, self.grad_gamma, self.grad_beta = batch_norm_backward(
-            dy, x, self.gamma, saved, layout=self.layout, threads=self.threads)
+            dy, x, self.gamma, saved, layout=self.layout, threads=self.threads,
+            param_grads=self._param_grads)
         return dx
 
     def state_dict(self) -> dict:
@@ -487,3 +578,33 @@ class BatchNorm:
             if v is not None:
                 out[k] = _arrays.to_numpy(v)
         return out
+
+
+class SyncBatchNorm(BatchNorm):
+    """:class:`BatchNorm` whose training statistics are those of every rank's batch together.
+
+    Forward and backward are collective over ``comm`` (see :func:`batch_norm`'s
+    ``comm``): one all-gather of the per-channel (count, mean, M2) triples in the
+    forward, one all-reduce of the two channel sums in the backward. Inference uses
+    the running statistics, which every rank updates identically, without
+    communicating.
+
+    Parameters
+    ----------
+    num_features : C.
+    comm : an mpi4py communicator, a torch.distributed ProcessGroup, ``None`` for
+        torch's default group, or an :class:`optcore.distributed.Communicator`.
+    param_grads : ``"local"`` (default: this rank's share of grad_gamma / grad_beta, to be
+        averaged or summed with the other parameters' gradients) or ``"global"`` (the
+        whole batch's, equal on every rank); see :func:`batch_norm_backward`.
+    **options : as :class:`BatchNorm` (eps, momentum, affine, layout, dtype, like, ...).
+    """
+
+    def __init__(self, num_features: int, comm: Any = None, *, param_grads: str = "local",
+                 **options: Any):
+        super().__init__(num_features, **options)
+        if param_grads not in ("local", "global"):
+            raise ValueError(f"param_grads: expected 'local' or 'global', got {param_grads!r}")
+        from .distributed import as_communicator  # noqa: PLC0415
+        self._comm = as_communicator(comm)
+        self._param_grads = param_grads

@@ -38,6 +38,8 @@ class Objective:
     they hold as long as only at_step has written it since (a caller that knows the
     pieces hold some x may set it too), so that x is not copied there again."""
 
+    sharded = False  # True when x is one rank's piece (every test is then collective)
+
     def __init__(self, evaluate: Callable[[Any], Tuple], xp, pieces: Optional[list] = None,
                  threads: int = 0):
         self.evaluate = evaluate
@@ -73,6 +75,10 @@ class Objective:
             self.xp.multiply(d, alpha, out=out)
             out.__iadd__(x)
         return self(out)
+
+    def dot(self, a, b) -> float:
+        """aᵀb over the whole vector (a sum over ranks for a sharded objective)."""
+        return vdot(self.xp, a, b)
 
     def max_abs(self, g) -> float:
         """‖g‖∞, without reading g again when it is the gradient last returned."""
@@ -426,7 +432,7 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
     x_trial = new_vector() if new_vector is not None else xp.empty_like(x)
     retried = False
     while True:
-        if obj.max_abs(g) <= gtol if g.size else True:
+        if obj.max_abs(g) <= gtol if (g.size or obj.sharded) else True:
             return LoopOutcome(x, f, g, nit, True, "Optimization terminated successfully "
                                "(gradient norm below gtol).", 0)
         if nit >= max_iter:
@@ -436,7 +442,7 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
             engine.reset()
             d, dphi0, gg = _direction_and_slope(engine, g, xp)
         first = state.iterations == 0 and not engine.has_curvature()
-        gnorm = math.sqrt(gg if gg is not None else vdot(xp, g, g)) if first else 0.0
+        gnorm = math.sqrt(gg if gg is not None else obj.dot(g, g)) if first else 0.0
         alpha0 = engine.initial_step(first, f, state.f_prev, gnorm, dphi0)
         trial_at = [None]
 
@@ -445,7 +451,7 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
             return obj.at_step(x_trial, x, alpha, d)
 
         def slope(gr) -> float:
-            return vdot(xp, gr, d)
+            return obj.dot(gr, d)
 
         if line_search == "strong_wolfe":
             ls = strong_wolfe(phi, slope, f, dphi0, alpha0, c1=c1, c2=c2,

@@ -45,7 +45,7 @@ def minimize(fun: Callable, x0: Any, method: str = "lbfgs", jac: Union[Callable,
              curvature_eps: float = 1e-8, beta: str = "pr+", restart: Optional[int] = None,
              c1: float = 1e-4, c2: Optional[float] = None, mode: str = "damped",
              damping: float = 0.0, max_hessian_bytes: Optional[int] = None,
-             callback: Optional[Callable] = None) -> OptimizeResult:
+             callback: Optional[Callable] = None, comm: Any = None) -> OptimizeResult:
     """Minimise ``fun`` from ``x0`` with a second-order method of section 8.6.
 
     Parameters
@@ -77,6 +77,14 @@ def minimize(fun: Callable, x0: Any, method: str = "lbfgs", jac: Union[Callable,
     max_hessian_bytes : int, optional
         Newton and BFGS refuse sizes whose dense matrices would exceed this (default: half
         the memory available now).
+    comm : optional (``method="lbfgs"`` only)
+        Distributed L-BFGS: an mpi4py communicator, a torch.distributed ProcessGroup or
+        an :class:`optcore.distributed.Communicator`. ``x0`` is then this rank's piece of
+        x; ``fun`` returns this rank's term f_r of J = Σ_r f_r and the gradient of J with
+        respect to this rank's piece (exchanging the halo values it needs itself). s, y
+        and d stay sharded; each iteration sends O(1) small all-reduces
+        (optcore/second_order/distributed.py); ``x`` and ``jac`` of the result are this
+        rank's pieces, ``fun`` is J. Collective: every rank calls it with the same options.
 
     Returns
     -------
@@ -96,6 +104,9 @@ def minimize(fun: Callable, x0: Any, method: str = "lbfgs", jac: Union[Callable,
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if comm is not None and (method != "lbfgs" or line_search == "exact"):
+        raise ValueError(f"comm: distributed minimisation is L-BFGS with a strong Wolfe, Armijo "
+                         f"or fixed step; got method={method!r}, line_search={line_search!r}")
     if not callable(fun):
         raise TypeError("fun: expected a callable")
     if jac is None or jac is False:
@@ -114,6 +125,11 @@ def minimize(fun: Callable, x0: Any, method: str = "lbfgs", jac: Union[Callable,
         line_search = "strong_wolfe"
     if line_search not in LINE_SEARCHES:
         raise ValueError(f"line_search: expected one of {LINE_SEARCHES}, got {line_search!r}")
+    if comm is not None and max_iter is None:  # the default depends on the whole n
+        from ..distributed import as_communicator
+        total = np.array([float(n)])
+        as_communicator(comm).allreduce(total)
+        max_iter = max(1000, 200 * int(total[0]))
     max_iter = _check_int(max_iter if max_iter is not None else max(1000, 200 * n), "max_iter", 0)
     gtol = _arrays.require_range(gtol, "gtol", 0.0)
     if ftol is None:
@@ -146,7 +162,11 @@ def minimize(fun: Callable, x0: Any, method: str = "lbfgs", jac: Union[Callable,
             val, gr = fun(arg), jac(arg)
         return float(val), as_vec(gr, "jac")
 
-    obj = Objective(evaluate, xp)
+    if comm is None:
+        obj = Objective(evaluate, xp)
+    else:
+        from .distributed import ShardedObjective
+        obj = ShardedObjective(evaluate, xp, comm)
     if hessp is None and hess is not None:
         hessp = lambda xv, d: xp.asarray(hess(xv.copy()), dtype=np.float64) @ d.astype(np.float64)
     if line_search == "exact" and hessp is None:
@@ -180,7 +200,11 @@ def minimize(fun: Callable, x0: Any, method: str = "lbfgs", jac: Union[Callable,
             out = run_newton(engine, obj, hess_fn, x, f, g, max_iter=max_iter, gtol=gtol,
                              ftol=ftol, callback=track)
         else:
-            if method == "lbfgs":
+            if method == "lbfgs" and comm is not None:
+                from .distributed import ShardedLBFGSEngine
+                engine = ShardedLBFGSEngine(n, dtype, xp, comm, m=history_size,
+                                            curvature_eps=curvature_eps)
+            elif method == "lbfgs":
                 engine = LBFGSEngine(n, dtype, xp, m=history_size, curvature_eps=curvature_eps,
                                      device_id=v.device_id)
             elif method == "bfgs":

@@ -128,7 +128,7 @@ class _SecondOrder:
         the last finite iterate, ``success`` becomes False and ``message`` says why."""
         if not callable(closure):
             raise TypeError("closure: expected a callable closure(params) -> (loss, grads)")
-        obj = Objective(self._evaluate_closure(closure), self.xp, pieces=list(self._flat))
+        obj = self._new_objective(self._evaluate_closure(closure), list(self._flat))
         x = self._gather_params()
         obj.placed = x  # the parameters hold x already
         last = {"x": x, "f": None}
@@ -153,6 +153,9 @@ class _SecondOrder:
         self.nfev += obj.nfev
         return f_final if f_final is not None else float("nan")
 
+    def _new_objective(self, evaluate, pieces):
+        return Objective(evaluate, self.xp, pieces=pieces)
+
     def state_summary(self) -> dict:
         return {"iterations": self.loop.iterations, "nfev": self.nfev, "success": self.success,
                 "message": self.message}
@@ -173,6 +176,13 @@ class LBFGS(_LineSearchOptimizer):
     H₀ = γI with γ = sᵀy/yᵀy; pairs failing yᵀs > ``curvature_eps``·‖s‖‖y‖ are skipped.
     The direction d = −Hg is a C++ (CPU) or CUDA kernel.
 
+    ``comm`` (an mpi4py communicator, a torch.distributed ProcessGroup or an
+    :class:`optcore.distributed.Communicator`) makes it distributed: ``params`` are this
+    rank's pieces of the parameters, the closure returns this rank's term of the loss
+    (the loss is the sum over ranks) and the gradient of the loss with respect to this
+    rank's pieces; s, y and d stay sharded and each iteration sends O(1) small
+    all-reduces (see :func:`optcore.minimize`'s ``comm``). ``step`` returns the summed loss.
+
     Examples
     --------
     >>> import numpy as np, optcore
@@ -185,16 +195,30 @@ class LBFGS(_LineSearchOptimizer):
 
     def __init__(self, params: Any, history_size: int = 10, line_search: Optional[str] = "strong_wolfe",
                  max_iter: int = 20, lr: float = 1.0, gtol: float = 1e-7, ftol: float = 1e-12,
-                 curvature_eps: float = 1e-8, c1: float = 1e-4, c2: float = 0.9, threads: int = 0):
+                 curvature_eps: float = 1e-8, c1: float = 1e-4, c2: float = 0.9, threads: int = 0,
+                 comm: Any = None):
         super().__init__(params, max_iter=max_iter, line_search=line_search, lr=lr, gtol=gtol,
                          ftol=ftol, c1=c1, c2=c2)
         if isinstance(history_size, bool) or int(history_size) != history_size or \
                 not 1 <= history_size <= 1024:
             raise ValueError(f"history_size: expected an integer in [1, 1024], got {history_size!r}")
         eps = _arrays.require_range(curvature_eps, "curvature_eps", 0.0, 1.0, hi_open=True)
+        self.comm = comm
+        if comm is not None:
+            from .distributed import ShardedLBFGSEngine
+            self.engine = ShardedLBFGSEngine(self.n, self.dtype, self.xp, comm,
+                                             m=int(history_size), curvature_eps=eps)
+            return
         self.engine = LBFGSEngine(self.n, self.dtype, self.xp, m=int(history_size),
                                   curvature_eps=eps, device_id=self._view0.device_id,
                                   threads=threads)
+
+
+    def _new_objective(self, evaluate, pieces):
+        if self.comm is None:
+            return Objective(evaluate, self.xp, pieces=pieces)
+        from .distributed import ShardedObjective
+        return ShardedObjective(evaluate, self.xp, self.comm, pieces=pieces)
 
 
 class BFGS(_LineSearchOptimizer):
