@@ -5,6 +5,8 @@
 # the repaired wheel's tag and size, and that cibuildwheel reads the
 # [tool.cibuildwheel] configuration as the ten builds it promises.
 set -euo pipefail
+# wheel_has WHEEL PREFIX: whether the wheel holds a file whose path starts with PREFIX.
+wheel_has() { python3 -c 'import sys, zipfile; sys.exit(not any(n.startswith(sys.argv[2]) for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$1" "$2"; }
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 
@@ -29,7 +31,7 @@ fi
 if (( BASH_REMATCH[1] > max_glibc_minor )); then
   echo "ci: wheel tag $tag needs glibc 2.${BASH_REMATCH[1]} > 2.$max_glibc_minor"; exit 1
 fi
-if unzip -l "$path" | grep -q 'optcore/_cuda_ext'; then limit=$max_mib_cuda; kind=CUDA; else limit=$max_mib_cpu; kind=CPU-only; fi
+if wheel_has "$path" 'optcore/_cuda_ext'; then limit=$max_mib_cuda; kind=CUDA; else limit=$max_mib_cpu; kind=CPU-only; fi
 if (( bytes > limit * 1024 * 1024 )); then
   echo "ci: the $kind wheel is $bytes bytes, over the $limit MiB limit"; exit 1
 fi

@@ -249,3 +249,39 @@ def test_core_build_info():
     assert info["isas_compiled"][0] == "base"
     assert info["compiler"] and isinstance(info["assertions"], bool)
     assert info["openmp"] is None or info["openmp"] >= 201107
+
+
+# ---------------------------------------------------------------- the release configuration
+
+def test_smoke_test_passes_on_this_install(tmp_path):
+    """tools/smoke_test.py (the wheel's test) run against the installed package, from outside
+    the source tree, as build_wheel.sh and cibuildwheel run it."""
+    script = tmp_path / "smoke_test.py"
+    shutil.copy(os.path.join(REPO, "tools", "smoke_test.py"), script)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path,
+                         env=dict(os.environ, OPTCORE_SMOKE_ANY_LOCATION="1"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.rstrip().endswith("smoke test passed")
+
+
+def test_cibuildwheel_configuration():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)
+    cibw = project["tool"]["cibuildwheel"]
+    assert cibw["build"] == ["cp39-*", "cp310-*", "cp311-*", "cp312-*", "cp313-*"]
+    linux = cibw["linux"]
+    assert linux["archs"] == ["x86_64", "aarch64"]
+    assert linux["manylinux-x86_64-image"] == linux["manylinux-aarch64-image"] == "manylinux_2_28"
+    assert linux["environment"]["OPTCORE_CUDA"] == "ON"
+    assert linux["environment"]["OPTCORE_CUDA_ARCHITECTURES"] == "release"
+    assert "--exclude libcuda.so.1" in linux["repair-wheel-command"]
+    for path in cibw["test-sources"]:
+        assert os.path.isfile(os.path.join(REPO, path)), path
+    assert cibw["test-command"].split()[-1] in cibw["test-sources"]
+    assert os.path.isfile(os.path.join(REPO, linux["before-all"].split()[-1]))
+    with open(os.path.join(REPO, "CMakeLists.txt")) as f:
+        cmake = f.read()
+    assert ('set(OPTCORE_RELEASE_CUDA_ARCHITECTURES '
+            '"80-real;86-real;89-real;90-real;100-real;100-virtual")') in cmake

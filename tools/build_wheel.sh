@@ -17,6 +17,8 @@
 #        WHEEL_BUILD_DIR (the incremental CMake build; default build/wheel).
 # Prints the repaired wheel's path last, as "wheel: PATH TAG BYTES".
 set -euo pipefail
+# wheel_has WHEEL PREFIX: whether the wheel holds a file whose path starts with PREFIX.
+wheel_has() { python3 -c 'import sys, zipfile; sys.exit(not any(n.startswith(sys.argv[2]) for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$1" "$2"; }
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "${1:-$root/dist}" && cd "${1:-$root/dist}" && pwd)
 python=${PYTHON:-python3}
@@ -60,8 +62,8 @@ plat=$(echo "$show" | tr '\n' ' ' | sed -n 's/.*consistent with the following pl
 log "auditwheel repair --plat $plat"
 "$tools/bin/auditwheel" repair -q --plat "$plat" -w "$work/repaired" "$raw"
 wheel=$(ls "$work"/repaired/optcore-*.whl)
-unzip -l "$wheel" | grep -q 'optcore.libs/libgomp' || { log "libgomp was not vendored"; exit 1; }
-[ "$OPTCORE_CUDA" = OFF ] || unzip -l "$wheel" | grep -q 'optcore/_cuda_ext' ||
+wheel_has "$wheel" 'optcore.libs/libgomp' || { log "libgomp was not vendored"; exit 1; }
+[ "$OPTCORE_CUDA" = OFF ] || wheel_has "$wheel" 'optcore/_cuda_ext' ||
   { log "OPTCORE_CUDA=$OPTCORE_CUDA but the wheel has no CUDA module"; exit 1; }
 rm -f "$out"/optcore-*.whl
 cp "$wheel" "$out/"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # cibuildwheel before-all: install the CUDA compiler and runtime headers/static
 # library into a manylinux_2_28 (AlmaLinux 8) image from NVIDIA's RHEL 8 repository.
-# CUDA_VERSION (default 12.9): 12.9 compiles sm_100 and, linked statically, runs
-# on any driver >= 525 through CUDA minor-version compatibility; CUDA 13 would
-# demand driver >= 580 from every user.
+# CUDA_VERSION (default 13.0, the toolkit tools/build_wheel.sh and CI build and
+# test with): the wheel then needs an NVIDIA driver >= 580. CUDA_VERSION=12.9
+# also compiles sm_100 and, linked statically, runs on drivers >= 525 through
+# minor-version compatibility (wider reach; not built or tested in CI).
 set -euo pipefail
-version=${CUDA_VERSION:-12.9}
+version=${CUDA_VERSION:-13.0}
 case "$(uname -m)" in
   x86_64) repo=rhel8/x86_64 ;;
   aarch64) repo=rhel8/sbsa ;;
