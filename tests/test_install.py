@@ -66,7 +66,7 @@ def test_parse_architectures_splits_cubins_and_ptx():
     ((7, 0), None),
 ])
 def test_release_list_covers_the_gpus_users_have(cc, expected):
-    release = _backend.parse_architectures("80-real,86-real,89-real,90-real,100-real,100-virtual")
+    release = _backend.parse_architectures("80-real,86-real,89-real,90-real,100")
     assert _backend.code_for(cc, release) == expected
 
 
@@ -284,4 +284,4 @@ def test_cibuildwheel_configuration():
     with open(os.path.join(REPO, "CMakeLists.txt")) as f:
         cmake = f.read()
     assert ('set(OPTCORE_RELEASE_CUDA_ARCHITECTURES '
-            '"80-real;86-real;89-real;90-real;100-real;100-virtual")') in cmake
+            '"80-real;86-real;89-real;90-real;100")') in cmake

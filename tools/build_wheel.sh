@@ -53,14 +53,13 @@ log "built in $(( $(date +%s) - t0 )) s: $(basename "$work"/raw/*.whl)"
 raw=$(ls "$work"/raw/optcore-*.whl)
 
 # ---------------------------------------------------------------- 2. repair
-show=$("$tools/bin/auditwheel" show "$raw")
-echo "$show" | sed 's/^/  /'
-# "is consistent with the following platform tag: "manylinux_2_34_x86_64"" names
-# the best tag the symbol versions allow once the external libraries are vendored.
-plat=$(echo "$show" | tr '\n' ' ' | sed -n 's/.*consistent with the following platform tag: *"\([^"]*\)".*/\1/p')
-[ -n "$plat" ] || { log "could not read the platform tag from auditwheel show"; exit 1; }
+"$tools/bin/auditwheel" show "$raw" | sed 's/^/  /'
+# The unrepaired wheel is only "linux" (libgomp is external); sym_tag is the best
+# tag the versioned symbols of the module and the libraries to vendor allow.
+plat=$("$tools/bin/auditwheel" show --json "$raw" | "$tools/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["sym_tag"])')
+case "$plat" in manylinux*) ;; *) log "auditwheel allows no manylinux tag (sym_tag '$plat')"; exit 1 ;; esac
 log "auditwheel repair --plat $plat"
-"$tools/bin/auditwheel" repair -q --plat "$plat" -w "$work/repaired" "$raw"
+"$tools/bin/auditwheel" repair --plat "$plat" -w "$work/repaired" "$raw"
 wheel=$(ls "$work"/repaired/optcore-*.whl)
 wheel_has "$wheel" 'optcore.libs/libgomp' || { log "libgomp was not vendored"; exit 1; }
 [ "$OPTCORE_CUDA" = OFF ] || wheel_has "$wheel" 'optcore/_cuda_ext' ||
