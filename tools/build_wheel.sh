@@ -59,7 +59,7 @@ raw=$(ls "$work"/raw/optcore-*.whl)
 plat=$("$tools/bin/auditwheel" show --json "$raw" | "$tools/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["sym_tag"])')
 case "$plat" in manylinux*) ;; *) log "auditwheel allows no manylinux tag (sym_tag '$plat')"; exit 1 ;; esac
 log "auditwheel repair --plat $plat"
-"$tools/bin/auditwheel" repair --plat "$plat" -w "$work/repaired" "$raw"
+PATH="$tools/bin:$PATH" "$tools/bin/auditwheel" repair --plat "$plat" -w "$work/repaired" "$raw"
 wheel=$(ls "$work"/repaired/optcore-*.whl)
 wheel_has "$wheel" 'optcore.libs/libgomp' || { log "libgomp was not vendored"; exit 1; }
 [ "$OPTCORE_CUDA" = OFF ] || wheel_has "$wheel" 'optcore/_cuda_ext' ||
