@@ -1,4 +1,4 @@
-"""Command line: ``python -m optcore demo`` (also the ``optcore`` console script)."""
+"""Command line: ``python -m optcore demo|info|backend`` (also the ``optcore`` console script)."""
 from __future__ import annotations
 
 import argparse
@@ -38,7 +38,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
     demo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     sub.add_parser("backend", help="print what this optcore build can use")
+    info = sub.add_parser(
+        "info", help="print the build and environment (paste it into a bug report)",
+        description="Print optcore's version, the CPU instruction set chosen, the CUDA "
+                    "architectures compiled in, OpenMP threads and which array frameworks "
+                    "are importable, with their versions.")
+    info.add_argument("--json", action="store_true", help="the same as JSON")
     args = parser.parse_args(argv)
+
+    if args.command == "info":
+        import json
+        from ._info import collect, format_report
+        report = collect()
+        print(json.dumps(report, indent=1) if args.json else format_report(report))
+        return 0
 
     if args.command == "backend":
         import json

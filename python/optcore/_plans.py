@@ -33,7 +33,9 @@ def require_cuda(name: str) -> Any:
         raise RuntimeError(f"{name}: a CUDA array, but this optcore build has no CUDA "
                            "module (rebuild with nvcc available, OPTCORE_CUDA=ON)")
     if cuda.device_count() <= 0:
-        raise RuntimeError(f"{name}: a CUDA array, but no CUDA device is visible")
+        from ._backend import backend
+        reason = backend()["cuda"].get("reason", "no CUDA device is visible")
+        raise RuntimeError(f"{name}: a CUDA array, but no CUDA device is usable ({reason})")
     return cuda
 
 
