@@ -58,6 +58,20 @@ py::tuple lbfgs_step_direction(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y
 }
 
 void bind_lbfgs(py::module_& m) {
+  m.def("lbfgs_pass_shape", [] {
+    const cpu::LbfgsPassShape s = cpu::lbfgs_pass_shape();
+    return py::make_tuple(s.width, s.tile);
+  }, "The L-BFGS passes' memory schedule in use: (width, tile); width 0 = one sweep of every "
+     "stream, else tiles of `tile` elements with `width` history streams at a time. The "
+     "results are the same bits for every shape.");
+  m.def("set_lbfgs_pass_shape", [](int width, int64_t tile) {
+    try {
+      cpu::set_lbfgs_pass_shape(width, tile);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("width"), py::arg("tile") = 8192,
+     "Set the L-BFGS passes' memory schedule for the process (see lbfgs_pass_shape).");
   py::class_<cpu::LbfgsWorkspace>(m, "LbfgsWorkspace",
                                   "Preallocated L-BFGS direction workspace (compact form, float64 sums)")
       .def(py::init<int64_t, int, int>(), py::arg("n"), py::arg("m"), py::arg("dtype"))

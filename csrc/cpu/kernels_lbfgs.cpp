@@ -16,6 +16,8 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -29,6 +31,7 @@ namespace cpu {
 namespace {
 
 constexpr int kLanes = 8;
+constexpr int kTileBlock = 32;  // kBlock of lbfgs_passes.inc
 
 // Eight float64 lanes as a GCC vector: the same operations, in the same order,
 // whichever instruction set the passes below are compiled for, so the result
@@ -65,6 +68,11 @@ struct Pass2Args {
 typedef void (*Pass1Fn)(const void* const*, const void* const*, int, const void*, const Candidate&,
                         int64_t, int64_t, double*, double*, double*);
 typedef double (*Pass2Fn)(const Pass2Args&, int64_t, int64_t);
+typedef void (*Pass1TiledFn)(const void* const*, const void* const*, const void* const*, int,
+                             const void*, const Candidate&, int64_t, int64_t, int, int64_t,
+                             double*, double*, void*, double*);
+typedef double (*Pass2TiledFn)(const Pass2Args&, const void* const*, const double*, int64_t,
+                               int64_t, int, int64_t, void*);
 
 inline const void* offset(const void* p, int64_t elements, int elem_size) {
   return static_cast<const char*>(p) + elements * elem_size;
@@ -119,8 +127,78 @@ Pass2Fn select_pass2(int dtype) {
     default: return lbfgs_base::pass2_for(dtype);
   }
 }
+Pass1TiledFn select_pass1_tiled(int dtype, bool has_new, bool implicit) {
+  switch (active_isa()) {
+#if defined(OPTCORE_X86)
+    case Isa::Avx512: return lbfgs_avx512::pass1_tiled_for(dtype, has_new, implicit);
+    case Isa::Avx2: return lbfgs_avx2::pass1_tiled_for(dtype, has_new, implicit);
+#endif
+    default: return lbfgs_base::pass1_tiled_for(dtype, has_new, implicit);
+  }
+}
+Pass2TiledFn select_pass2_tiled(int dtype) {
+  switch (active_isa()) {
+#if defined(OPTCORE_X86)
+    case Isa::Avx512: return lbfgs_avx512::pass2_tiled_for(dtype);
+    case Isa::Avx2: return lbfgs_avx2::pass2_tiled_for(dtype);
+#endif
+    default: return lbfgs_base::pass2_tiled_for(dtype);
+  }
+}
+
+// The pass shape in use (process-wide): width 0 = the sweep of every stream at
+// once; otherwise tiles of `tile` elements with `width` history streams at a time.
+std::atomic<int> g_width{-1};  // -1: not chosen yet
+std::atomic<int> g_tile{0};
+
+// The default shape for this machine.
+LbfgsPassShape default_shape() { return LbfgsPassShape{0, 0}; }
+
+int64_t parse_or(const char* text, int64_t fallback) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text, &end, 10);
+  return end != text ? v : fallback;
+}
+
+void choose_initial_shape() {
+  LbfgsPassShape shape = default_shape();
+  if (const char* env = std::getenv("OPTCORE_LBFGS_PASSES")) {
+    if (!std::strcmp(env, "sweep")) {
+      shape = LbfgsPassShape{0, 0};
+    } else if (!std::strncmp(env, "tiled:", 6)) {
+      const char* w = env + 6;
+      const char* colon = std::strchr(w, ':');
+      shape.width = static_cast<int>(parse_or(w, shape.width));
+      if (colon != nullptr) shape.tile = parse_or(colon + 1, shape.tile);
+    }
+  }
+  try {
+    set_lbfgs_pass_shape(shape.width, shape.tile);
+  } catch (const std::invalid_argument&) {
+    const LbfgsPassShape d = default_shape();  // a malformed variable: the default
+    g_tile.store(static_cast<int>(d.tile));
+    g_width.store(d.width);
+  }
+}
 
 }  // namespace
+
+LbfgsPassShape lbfgs_pass_shape() {
+  if (g_width.load() < 0) choose_initial_shape();
+  return LbfgsPassShape{g_width.load(), g_tile.load()};
+}
+
+void set_lbfgs_pass_shape(int width, int64_t tile) {
+  if (width < 0 || width > kLbfgsMaxWidth)
+    throw std::invalid_argument("width: history streams per group must be 0 (sweep) or in [1, " +
+                                std::to_string(kLbfgsMaxWidth) + "]");
+  if (width > 0 && (tile < kTileBlock || tile > LbfgsWorkspace::kPartition || tile % kTileBlock != 0))
+    throw std::invalid_argument("tile: must be a multiple of " + std::to_string(kTileBlock) + " in [" +
+                                std::to_string(kTileBlock) + ", " +
+                                std::to_string(LbfgsWorkspace::kPartition) + "]");
+  g_tile.store(width > 0 ? static_cast<int>(tile) : 0);
+  g_width.store(width);
+}
 
 LbfgsWorkspace::LbfgsWorkspace(int64_t n, int m, int dtype) : n_(n), dtype_(dtype), layout_{m} {
   if (n < 0) throw std::invalid_argument("n: must be non-negative");
@@ -138,12 +216,16 @@ LbfgsWorkspace::LbfgsWorkspace(int64_t n, int m, int dtype) : n_(n), dtype_(dtyp
   slots_.assign(m, 0);
   s_src_.assign(m, nullptr);
   y_src_.assign(m, nullptr);
+  streams_.assign(2 * m, nullptr);
+  stream_coefs_.assign(2 * m, 0.0);
   reserve_threads(omp_get_max_threads());
 }
 
-// Per thread: the float64 lanes (8 per product) and tails of pass 1.
+// Per thread: the float64 lanes (8 per product) and tails of pass 1, then the
+// tiled passes' tile buffer (a tile of float64 accumulators, or of the
+// candidate's y), 64-byte aligned.
 int64_t LbfgsWorkspace::scratch_stride() const {
-  return (int64_t(kLanes) * row_size() + row_size() + 7) / 8 * 8;
+  return (int64_t(kLanes) * row_size() + row_size() + 7) / 8 * 8 + kPartition;
 }
 
 void LbfgsWorkspace::reserve_threads(int team) {
@@ -185,8 +267,18 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
   const int used = 4 * count + 6;
 
   // Pass 1: inner products per partition.
+  const LbfgsPassShape shape = lbfgs_pass_shape();
+  const int width = shape.width;
+  const int64_t tile = shape.tile;
+  const int64_t tile_offset = scratch_stride() - kPartition;
   const Pass1Fn pass1 = select_pass1(dtype_, has_new, implicit);
   const Pass2Fn pass2 = select_pass2(dtype_);
+  const Pass1TiledFn pass1_tiled = select_pass1_tiled(dtype_, has_new, implicit);
+  const Pass2TiledFn pass2_tiled = select_pass2_tiled(dtype_);
+  for (int i = 0; i < count; ++i) {
+    streams_[2 * i] = s_src_[i];
+    streams_[2 * i + 1] = y_src_[i];
+  }
 #pragma omp parallel num_threads(team) if (parallel)
   {
     double* scratch = thread_scratch(parallel ? omp_get_thread_num() : 0);
@@ -194,8 +286,12 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < parts; ++p) {
       const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
-      pass1(s_src_.data(), y_src_.data(), count, buf.g, cand, begin, end, scratch, tail,
-            partials_.data() + p * row);
+      if (width > 0)
+        pass1_tiled(s_src_.data(), y_src_.data(), streams_.data(), count, buf.g, cand, begin, end,
+                    width, tile, scratch, tail, scratch + tile_offset, partials_.data() + p * row);
+      else
+        pass1(s_src_.data(), y_src_.data(), count, buf.g, cand, begin, end, scratch, tail,
+              partials_.data() + p * row);
     }
   }
   std::fill(sums_.begin(), sums_.end(), 0.0);
@@ -231,6 +327,10 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
     y_src_[i] = offset(buf.Y, slot * buf.ld, es);
     cs[i] = coef_[L.coef_s(slot)];
     cy[i] = coef_[L.coef_y(slot)];
+    streams_[2 * i] = s_src_[i];
+    streams_[2 * i + 1] = y_src_[i];
+    stream_coefs_[2 * i] = cs[i];
+    stream_coefs_[2 * i + 1] = cy[i];
   }
 
   // Pass 2: d = −Hg (and gᵀd), the accepted candidate written into its ring slot.
@@ -246,10 +346,16 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
                     cand,
                     implicit,
                     buf.d};
-#pragma omp parallel for schedule(static) num_threads(team) if (parallel)
-  for (int64_t p = 0; p < parts; ++p) {
-    const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
-    partials2_[p] = pass2(t, begin, end);
+#pragma omp parallel num_threads(team) if (parallel)
+  {
+    double* tile_mem = thread_scratch(parallel ? omp_get_thread_num() : 0) + tile_offset;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
+      partials2_[p] = width > 0 ? pass2_tiled(t, streams_.data(), stream_coefs_.data(), begin, end,
+                                              width, tile, tile_mem)
+                                : pass2(t, begin, end);
+    }
   }
   for (int64_t p = 0; p < parts; ++p) out.g_dot_d += partials2_[p];
   out.accepted = dest >= 0;

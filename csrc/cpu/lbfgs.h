@@ -36,6 +36,22 @@ struct LbfgsOutcome {
   double g_dot_g = 0.0;
 };
 
+// How the two passes walk memory (the results are the same bits either way).
+// width 0: one sweep of all 2m+1 streams at once, a few cache lines of each in
+// turn; width w > 0: tiles of `tile` elements, the tile's g, candidate y and
+// float64 accumulator kept in cache while the history streams go by w at a time.
+struct LbfgsPassShape {
+  int width = 0;
+  int64_t tile = 0;
+};
+
+// The process-wide shape: OPTCORE_LBFGS_PASSES=sweep|tiled:W:T, else the
+// machine's default (see kernels_lbfgs.cpp). set_ validates (throws
+// std::invalid_argument naming the argument).
+LbfgsPassShape lbfgs_pass_shape();
+void set_lbfgs_pass_shape(int width, int64_t tile);
+constexpr int kLbfgsMaxWidth = 8;
+
 class LbfgsWorkspace {
  public:
   LbfgsWorkspace(int64_t n, int m, int dtype);
@@ -67,7 +83,8 @@ class LbfgsWorkspace {
   // partials_: per partition, the layout's dots then gᵀg; partials2_: gᵀd.
   std::vector<double> meta_, partials_, partials2_, sums_, dots_, coef_, work_, scratch_;
   std::vector<int> slots_;
-  std::vector<const void*> s_src_, y_src_;
+  std::vector<const void*> s_src_, y_src_, streams_;  // streams_: s_0, y_0, s_1, ... (tiled)
+  std::vector<double> stream_coefs_;
 };
 
 }  // namespace cpu

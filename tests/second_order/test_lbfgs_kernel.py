@@ -294,3 +294,135 @@ def test_step_direction_with_a_separate_g_new(rng, dtype):
         np.testing.assert_array_equal(d_s, d_e)
         np.testing.assert_array_equal(Y_s, Y_e)
         g_old = g
+
+
+# ---------------------------------------------------------------- pass shapes
+# The passes walk memory as one sweep of every stream (width 0) or in tiles with
+# a few history streams at a time; the sums are the same in the same order, so
+# every shape must give the same bits, and so must every thread count.
+SHAPES = [(0, 0), (1, 32), (2, 4096), (3, 96), (4, 8192), (8, 32768)]
+
+
+@pytest.fixture
+def restore_shape():
+    before = _core.lbfgs_pass_shape()
+    yield
+    _core.set_lbfgs_pass_shape(*before) if before[0] else _core.set_lbfgs_pass_shape(0)
+
+
+def _run_sequence(n, m, dtype, threads=0, seed=11):
+    """Explicit and step-formed pairs (one rejected), through a full ring; every output."""
+    r = np.random.default_rng(seed)
+    code = 0 if dtype == np.float32 else 1
+    ws = _core.LbfgsWorkspace(n, m, code)
+    ld = n + 5
+    S = np.full((m, ld), np.nan, dtype); Y = np.full((m, ld), np.nan, dtype)
+    d = np.full(n, np.nan, dtype)
+    A = r.uniform(0.5, 2.0, n)
+    x = r.standard_normal(n)
+    outs = []
+    g_old = None
+    for it in range(m + 4):
+        g = (A * x + 0.01 * r.standard_normal(n)).astype(dtype)
+        if it == 3:
+            g = (g_old - 0.5 * (g - g_old)).astype(dtype)  # negative curvature: rejected
+        if it % 3 == 1:  # the explicit form
+            s, y = _pair(r, n, dtype)
+            acc = ws.direction(_ptr(S), _ptr(Y), ld, _ptr(s), _ptr(y), True, _ptr(g), _ptr(d), 1e-8,
+                               threads)
+            outs.append(acc)
+        else:
+            outs.append(ws.step_direction(_ptr(S), _ptr(Y), ld, _ptr(d), 0.5,
+                                          _ptr(g_old) if g_old is not None else 0, g_old is not None,
+                                          _ptr(g), 1e-8, threads))
+        outs.append(d.copy())
+        x = x + 0.5 * d.astype(np.float64)
+        g_old = g
+    return outs, S[:, :n].copy(), Y[:, :n].copy(), ws.get_meta()
+
+
+def _assert_same_bits(a, b, what):
+    outs_a, S_a, Y_a, meta_a = a
+    outs_b, S_b, Y_b, meta_b = b
+    assert len(outs_a) == len(outs_b)
+    for k, (u, v) in enumerate(zip(outs_a, outs_b)):
+        if isinstance(u, np.ndarray):
+            np.testing.assert_array_equal(u.view(np.uint8), v.view(np.uint8), err_msg=f"{what} #{k}")
+        else:
+            assert u == v, (what, k)  # accepted, gᵀd, gᵀg: identical floats
+    np.testing.assert_array_equal(S_a.view(np.uint8), S_b.view(np.uint8), err_msg=what)
+    np.testing.assert_array_equal(Y_a.view(np.uint8), Y_b.view(np.uint8), err_msg=what)
+    np.testing.assert_array_equal(meta_a, meta_b, err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 37, 4131, 70001])
+def test_pass_shapes_agree_bitwise(restore_shape, dtype, n):
+    results = []
+    for width, tile in SHAPES:
+        _core.set_lbfgs_pass_shape(width, tile or 32)
+        assert _core.lbfgs_pass_shape() == (width, tile)
+        for threads in (1, 2):
+            results.append(((width, tile, threads), _run_sequence(n, 4, dtype, threads)))
+    for key, res in results[1:]:
+        _assert_same_bits(results[0][1], res, f"shape/threads {key}")
+
+
+@pytest.mark.parametrize("shape", [(2, 4096), (3, 96)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [7, 70001])
+def test_tiled_direction_matches_two_loop(restore_shape, rng, shape, dtype, n):
+    _core.set_lbfgs_pass_shape(*shape)
+    test_direction_matches_two_loop(rng, dtype, n, unaligned=True)
+
+
+def test_pass_shape_refusals(restore_shape):
+    for width, tile, what in [(-1, 4096, "width"), (9, 4096, "width"), (2, 0, "tile"),
+                              (2, 100, "tile"), (2, 65536, "tile")]:
+        with pytest.raises(ValueError, match=what):
+            _core.set_lbfgs_pass_shape(width, tile)
+    _core.set_lbfgs_pass_shape(0)
+    assert _core.lbfgs_pass_shape() == (0, 0)
+
+
+_SUBPROCESS = """
+import hashlib, sys
+import numpy as np
+sys.path.insert(0, {root!r})
+from tests.second_order.test_lbfgs_kernel import _run_sequence
+from optcore import _core
+outs, S, Y, meta = _run_sequence(200_003, 5, np.float32)
+h = hashlib.sha256()
+for o in outs:
+    h.update(o.tobytes() if isinstance(o, np.ndarray) else repr(o).encode())
+for a in (S, Y, meta):
+    h.update(a.tobytes())
+print(_core.lbfgs_pass_shape(), h.hexdigest())
+"""
+
+
+def test_threads_and_shapes_in_fresh_processes():
+    """OMP_NUM_THREADS=1 vs 2 and the pass shape from OPTCORE_LBFGS_PASSES (or the
+    machine's default) in separate processes: the same bytes."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = _SUBPROCESS.format(root=root)
+    digests = {}
+    for threads in ("1", "2"):
+        for passes in (None, "sweep", "tiled:2:4096", "tiled:3:8192"):
+            env = dict(os.environ, OMP_NUM_THREADS=threads)
+            env.pop("OPTCORE_LBFGS_PASSES", None)
+            if passes is not None:
+                env["OPTCORE_LBFGS_PASSES"] = passes
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                 timeout=120)
+            assert out.returncode == 0, out.stderr
+            shape, digest = out.stdout.strip().rsplit(" ", 1)
+            if passes == "sweep":
+                assert shape == "(0, 0)"
+            elif passes is not None:
+                assert shape == "(%s, %s)" % tuple(passes.split(":")[1:]), shape
+            digests[(threads, passes)] = digest
+    assert len(set(digests.values())) == 1, digests
