@@ -60,17 +60,17 @@ py::tuple lbfgs_step_direction(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y
 void bind_lbfgs(py::module_& m) {
   m.def("lbfgs_pass_shape", [] {
     const cpu::LbfgsPassShape s = cpu::lbfgs_pass_shape();
-    return py::make_tuple(s.width, s.tile);
-  }, "The L-BFGS passes' memory schedule in use: (width, tile); width 0 = one sweep of every "
-     "stream, else tiles of `tile` elements with `width` history streams at a time. The "
-     "results are the same bits for every shape.");
-  m.def("set_lbfgs_pass_shape", [](int width, int64_t tile) {
+    return py::make_tuple(s.width, s.tile, s.prefetch);
+  }, "The L-BFGS passes' memory schedule in use: (width, tile, prefetch); width 0 = one sweep "
+     "of every stream, else tiles of `tile` elements with `width` history streams at a time, "
+     "software prefetch `prefetch` elements ahead. The results are the same bits for every shape.");
+  m.def("set_lbfgs_pass_shape", [](int width, int64_t tile, int64_t prefetch) {
     try {
-      cpu::set_lbfgs_pass_shape(width, tile);
+      cpu::set_lbfgs_pass_shape(width, tile, prefetch);
     } catch (const std::invalid_argument& e) {
       throw py::value_error(e.what());
     }
-  }, py::arg("width"), py::arg("tile") = 8192,
+  }, py::arg("width"), py::arg("tile") = 8192, py::arg("prefetch") = 0,
      "Set the L-BFGS passes' memory schedule for the process (see lbfgs_pass_shape).");
   py::class_<cpu::LbfgsWorkspace>(m, "LbfgsWorkspace",
                                   "Preallocated L-BFGS direction workspace (compact form, float64 sums)")

@@ -70,9 +70,9 @@ typedef void (*Pass1Fn)(const void* const*, const void* const*, int, const void*
 typedef double (*Pass2Fn)(const Pass2Args&, int64_t, int64_t);
 typedef void (*Pass1TiledFn)(const void* const*, const void* const*, const void* const*, int,
                              const void*, const Candidate&, int64_t, int64_t, int, int64_t,
-                             double*, double*, void*, double*);
+                             int64_t, double*, double*, void*, double*);
 typedef double (*Pass2TiledFn)(const Pass2Args&, const void* const*, const double*, int64_t,
-                               int64_t, int, int64_t, void*);
+                               int64_t, int, int64_t, int64_t, void*);
 
 inline const void* offset(const void* p, int64_t elements, int elem_size) {
   return static_cast<const char*>(p) + elements * elem_size;
@@ -150,9 +150,26 @@ Pass2TiledFn select_pass2_tiled(int dtype) {
 // once; otherwise tiles of `tile` elements with `width` history streams at a time.
 std::atomic<int> g_width{-1};  // -1: not chosen yet
 std::atomic<int> g_tile{0};
+std::atomic<int> g_ahead{0};
 
-// The default shape for this machine.
-LbfgsPassShape default_shape() { return LbfgsPassShape{0, 0}; }
+// The default shape for this machine, from what was measured on each (2 cores,
+// n = 2^23, m = 10, float32; bench/RESULTS.md):
+// - Intel Xeon (AVX-512): the sweep of all 21 streams read them at 30-31 GB/s,
+//   as fast as the same-pattern probe and faster than tiles of 4-128 KiB per
+//   stream (24-29 GB/s, without software prefetch); kept there.
+// - AMD EPYC (Zen 5, AVX-512): the sweep reads 21 streams at 23-25 GB/s while
+//   2-6 streams at a time stream at 40-50; tiles of 32768 elements (128 KiB per
+//   stream) with 4 history streams at a time and a software prefetch 2 KiB ahead
+//   took the direction from 59-68 ms to 41-45 ms (interleaved runs, medians).
+//   Without the prefetch the tiles were no faster than the sweep. AMD's older
+//   parts (AVX2) follow fewer streams still, so they get the tiles too.
+LbfgsPassShape default_shape() {
+#if defined(OPTCORE_X86)
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("amd")) return LbfgsPassShape{4, 32768, 512};
+#endif
+  return LbfgsPassShape{0, 0, 0};
+}
 
 int64_t parse_or(const char* text, int64_t fallback) {
   char* end = nullptr;
@@ -164,19 +181,24 @@ void choose_initial_shape() {
   LbfgsPassShape shape = default_shape();
   if (const char* env = std::getenv("OPTCORE_LBFGS_PASSES")) {
     if (!std::strcmp(env, "sweep")) {
-      shape = LbfgsPassShape{0, 0};
+      shape = LbfgsPassShape{0, 0, 0};
     } else if (!std::strncmp(env, "tiled:", 6)) {
       const char* w = env + 6;
       const char* colon = std::strchr(w, ':');
       shape.width = static_cast<int>(parse_or(w, shape.width));
-      if (colon != nullptr) shape.tile = parse_or(colon + 1, shape.tile);
+      if (colon != nullptr) {
+        shape.tile = parse_or(colon + 1, shape.tile);
+        const char* colon2 = std::strchr(colon + 1, ':');
+        shape.prefetch = colon2 != nullptr ? parse_or(colon2 + 1, 0) : 0;
+      }
     }
   }
   try {
-    set_lbfgs_pass_shape(shape.width, shape.tile);
+    set_lbfgs_pass_shape(shape.width, shape.tile, shape.prefetch);
   } catch (const std::invalid_argument&) {
     const LbfgsPassShape d = default_shape();  // a malformed variable: the default
     g_tile.store(static_cast<int>(d.tile));
+    g_ahead.store(static_cast<int>(d.prefetch));
     g_width.store(d.width);
   }
 }
@@ -185,10 +207,13 @@ void choose_initial_shape() {
 
 LbfgsPassShape lbfgs_pass_shape() {
   if (g_width.load() < 0) choose_initial_shape();
-  return LbfgsPassShape{g_width.load(), g_tile.load()};
+  return LbfgsPassShape{g_width.load(), g_tile.load(), g_ahead.load()};
 }
 
-void set_lbfgs_pass_shape(int width, int64_t tile) {
+void set_lbfgs_pass_shape(int width, int64_t tile, int64_t prefetch) {
+  if (prefetch < 0 || prefetch > 65536 || prefetch % kTileBlock != 0)
+    throw std::invalid_argument("prefetch: elements ahead must be a multiple of " +
+                                std::to_string(kTileBlock) + " in [0, 65536]");
   if (width < 0 || width > kLbfgsMaxWidth)
     throw std::invalid_argument("width: history streams per group must be 0 (sweep) or in [1, " +
                                 std::to_string(kLbfgsMaxWidth) + "]");
@@ -197,6 +222,7 @@ void set_lbfgs_pass_shape(int width, int64_t tile) {
                                 std::to_string(kTileBlock) + ", " +
                                 std::to_string(LbfgsWorkspace::kPartition) + "]");
   g_tile.store(width > 0 ? static_cast<int>(tile) : 0);
+  g_ahead.store(width > 0 ? static_cast<int>(prefetch) : 0);
   g_width.store(width);
 }
 
@@ -270,6 +296,7 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
   const LbfgsPassShape shape = lbfgs_pass_shape();
   const int width = shape.width;
   const int64_t tile = shape.tile;
+  const int64_t ahead = shape.prefetch;
   const int64_t tile_offset = scratch_stride() - kPartition;
   const Pass1Fn pass1 = select_pass1(dtype_, has_new, implicit);
   const Pass2Fn pass2 = select_pass2(dtype_);
@@ -288,7 +315,8 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
       const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
       if (width > 0)
         pass1_tiled(s_src_.data(), y_src_.data(), streams_.data(), count, buf.g, cand, begin, end,
-                    width, tile, scratch, tail, scratch + tile_offset, partials_.data() + p * row);
+                    width, tile, ahead, scratch, tail, scratch + tile_offset,
+                    partials_.data() + p * row);
       else
         pass1(s_src_.data(), y_src_.data(), count, buf.g, cand, begin, end, scratch, tail,
               partials_.data() + p * row);
@@ -353,7 +381,7 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
     for (int64_t p = 0; p < parts; ++p) {
       const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
       partials2_[p] = width > 0 ? pass2_tiled(t, streams_.data(), stream_coefs_.data(), begin, end,
-                                              width, tile, tile_mem)
+                                              width, tile, ahead, tile_mem)
                                 : pass2(t, begin, end);
     }
   }

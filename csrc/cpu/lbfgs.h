@@ -43,13 +43,14 @@ struct LbfgsOutcome {
 struct LbfgsPassShape {
   int width = 0;
   int64_t tile = 0;
+  int64_t prefetch = 0;  // tiled: software prefetch this many elements ahead (0: none)
 };
 
-// The process-wide shape: OPTCORE_LBFGS_PASSES=sweep|tiled:W:T, else the
+// The process-wide shape: OPTCORE_LBFGS_PASSES=sweep|tiled:W:T[:P], else the
 // machine's default (see kernels_lbfgs.cpp). set_ validates (throws
 // std::invalid_argument naming the argument).
 LbfgsPassShape lbfgs_pass_shape();
-void set_lbfgs_pass_shape(int width, int64_t tile);
+void set_lbfgs_pass_shape(int width, int64_t tile, int64_t prefetch = 0);
 constexpr int kLbfgsMaxWidth = 8;
 
 class LbfgsWorkspace {

@@ -300,7 +300,7 @@ def test_step_direction_with_a_separate_g_new(rng, dtype):
 # The passes walk memory as one sweep of every stream (width 0) or in tiles with
 # a few history streams at a time; the sums are the same in the same order, so
 # every shape must give the same bits, and so must every thread count.
-SHAPES = [(0, 0), (1, 32), (2, 4096), (3, 96), (4, 8192), (8, 32768)]
+SHAPES = [(0, 0, 0), (1, 32, 0), (2, 4096, 512), (3, 96, 32), (4, 32768, 512), (8, 32768, 2048)]
 
 
 @pytest.fixture
@@ -308,6 +308,7 @@ def restore_shape():
     before = _core.lbfgs_pass_shape()
     yield
     _core.set_lbfgs_pass_shape(*before) if before[0] else _core.set_lbfgs_pass_shape(0)
+    assert _core.lbfgs_pass_shape() == before
 
 
 def _run_sequence(n, m, dtype, threads=0, seed=11):
@@ -359,16 +360,16 @@ def _assert_same_bits(a, b, what):
 @pytest.mark.parametrize("n", [1, 37, 4131, 70001])
 def test_pass_shapes_agree_bitwise(restore_shape, dtype, n):
     results = []
-    for width, tile in SHAPES:
-        _core.set_lbfgs_pass_shape(width, tile or 32)
-        assert _core.lbfgs_pass_shape() == (width, tile)
+    for width, tile, ahead in SHAPES:
+        _core.set_lbfgs_pass_shape(width, tile or 32, ahead)
+        assert _core.lbfgs_pass_shape() == (width, tile, ahead)
         for threads in (1, 2):
-            results.append(((width, tile, threads), _run_sequence(n, 4, dtype, threads)))
+            results.append(((width, tile, ahead, threads), _run_sequence(n, 4, dtype, threads)))
     for key, res in results[1:]:
         _assert_same_bits(results[0][1], res, f"shape/threads {key}")
 
 
-@pytest.mark.parametrize("shape", [(2, 4096), (3, 96)])
+@pytest.mark.parametrize("shape", [(2, 4096, 0), (3, 96, 64), (4, 32768, 512)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [7, 70001])
 def test_tiled_direction_matches_two_loop(restore_shape, rng, shape, dtype, n):
@@ -377,12 +378,13 @@ def test_tiled_direction_matches_two_loop(restore_shape, rng, shape, dtype, n):
 
 
 def test_pass_shape_refusals(restore_shape):
-    for width, tile, what in [(-1, 4096, "width"), (9, 4096, "width"), (2, 0, "tile"),
-                              (2, 100, "tile"), (2, 65536, "tile")]:
+    for width, tile, ahead, what in [(-1, 4096, 0, "width"), (9, 4096, 0, "width"), (2, 0, 0, "tile"),
+                                     (2, 100, 0, "tile"), (2, 65536, 0, "tile"),
+                                     (2, 4096, -32, "prefetch"), (2, 4096, 33, "prefetch")]:
         with pytest.raises(ValueError, match=what):
-            _core.set_lbfgs_pass_shape(width, tile)
+            _core.set_lbfgs_pass_shape(width, tile, ahead)
     _core.set_lbfgs_pass_shape(0)
-    assert _core.lbfgs_pass_shape() == (0, 0)
+    assert _core.lbfgs_pass_shape() == (0, 0, 0)
 
 
 _SUBPROCESS = """
@@ -411,7 +413,7 @@ def test_threads_and_shapes_in_fresh_processes():
     code = _SUBPROCESS.format(root=root)
     digests = {}
     for threads in ("1", "2"):
-        for passes in (None, "sweep", "tiled:2:4096", "tiled:3:8192"):
+        for passes in (None, "sweep", "tiled:2:4096", "tiled:3:8192:1024"):
             env = dict(os.environ, OMP_NUM_THREADS=threads)
             env.pop("OPTCORE_LBFGS_PASSES", None)
             if passes is not None:
@@ -421,8 +423,9 @@ def test_threads_and_shapes_in_fresh_processes():
             assert out.returncode == 0, out.stderr
             shape, digest = out.stdout.strip().rsplit(" ", 1)
             if passes == "sweep":
-                assert shape == "(0, 0)"
+                assert shape == "(0, 0, 0)"
             elif passes is not None:
-                assert shape == "(%s, %s)" % tuple(passes.split(":")[1:]), shape
+                want = (passes.split(":")[1:] + ["0"])[:3]
+                assert shape == "(%s, %s, %s)" % tuple(want), shape
             digests[(threads, passes)] = digest
     assert len(set(digests.values())) == 1, digests
