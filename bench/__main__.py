@@ -78,7 +78,7 @@ def main(argv: List[str] = None) -> int:
               f"{getattr(mod, 'DESCRIPTION', '')} [{elapsed:.1f} s]")
         columns = getattr(mod, "COLUMNS", None)
         harness.print_table(rows, columns)
-        best = harness._BEST_STREAM.get((ctx.device, bool(ctx.quick)))
+        best = ctx.best
         if best is not None:
             print(f"best_pct: % of {best.gbps:.1f} GB/s, the best streaming bandwidth of this run ("
                   + ", ".join(f"{k} {v:.1f}" for k, v in best.patterns.items()) + " GB/s)")

@@ -211,15 +211,6 @@ def measure_best_stream(device: str = "cpu", quick: bool = False,
     return BestStream(found[best], best, found, n)
 
 
-_BEST_STREAM: Dict[Tuple[str, bool], BestStream] = {}
-
-
-def best_stream(device: str = "cpu", quick: bool = False) -> BestStream:
-    """:func:`measure_best_stream` once per process, device and quick flag."""
-    key = (device, bool(quick))
-    if key not in _BEST_STREAM:
-        _BEST_STREAM[key] = measure_best_stream(device, quick)
-    return _BEST_STREAM[key]
 
 
 # ---------------------------------------------------------------- rows and tables
@@ -230,7 +221,7 @@ def row(suite: str, case: str, impl: str, timing: Optional[Timing], bytes_moved:
     and ``probe_pct`` = probe median / this median × 100 (the probe moves the
     same bytes, so this is the share of bandwidth the same pattern attains),
     and ``best_pct`` = this GB/s / ``best_gbps`` × 100: the share of the
-    machine's best streaming bandwidth (see :func:`best_stream`) for the
+    machine's best streaming bandwidth (see :meth:`Context.best_stream`) for the
     kernel's minimum bytes. ``best_gbps`` is a number or a callable giving one
     (evaluated only for rows with bytes; :class:`Context`'s ``row`` passes the
     run's own figure). ``timing=None`` records an implementation that is not
@@ -381,6 +372,8 @@ class Context:
     progress: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
 
+    best: Optional[BestStream] = None
+
     def __post_init__(self) -> None:
         # Rows made through ctx.row get best_pct against this run's best
         # streaming figure, measured on first need (so every suite, present or
@@ -389,8 +382,12 @@ class Context:
             self.row = functools.partial(row, best_gbps=lambda: self.best_stream().gbps)
 
     def best_stream(self) -> BestStream:
-        """The machine's best streaming bandwidth in this run (measured once)."""
-        return best_stream(self.device, self.quick)
+        """The machine's best streaming bandwidth in this suite's run: measured
+        once per context (one context per suite), when the first row with
+        bytes needs it, so it sees the machine in the same minutes as the rows."""
+        if self.best is None:
+            self.best = measure_best_stream(self.device, self.quick)
+        return self.best
 
     def sync(self) -> None:
         """Wait for the device (no-op on CPU)."""
@@ -424,8 +421,7 @@ def write_json(path: str, suite: str, ctx: Context, rows: Sequence[Dict[str, Any
         os.makedirs(d, exist_ok=True)
     doc = {"suite": suite, "command": command, "quick": ctx.quick, "elapsed_s": elapsed_s,
            "machine": machine_description(ctx.device), "rows": list(rows)}
-    key = (ctx.device, bool(ctx.quick))
-    if key in _BEST_STREAM:
-        doc["best_stream"] = _BEST_STREAM[key].as_dict()
+    if ctx.best is not None:
+        doc["best_stream"] = ctx.best.as_dict()
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, default=str)

@@ -112,14 +112,15 @@ def test_context_rows_measure_best_stream_once(monkeypatch):
         measured.append((device, quick))
         return harness.BestStream(20.0, "1 read", {"1 read": 20.0, "2 reads + 1 write": 10.0}, 64)
 
-    monkeypatch.setattr(harness, "_BEST_STREAM", {})
     monkeypatch.setattr(harness, "measure_best_stream", fake)
     ctx = harness.Context(quick=True)
     t = harness.Timing(0.5, 0.4, 0.6, 0.4, 5)
+    assert "best_pct" not in ctx.row("s", "c", "none", t, None) and not measured  # not needed yet
     assert ctx.row("s", "c", "i", t, 2e9)["best_pct"] == pytest.approx(20.0)
     assert ctx.row("s", "c", "j", t, 4e9)["best_pct"] == pytest.approx(40.0)
+    assert measured == [("cpu", True)]  # once per context (one context per suite)
     assert harness.Context(quick=True).row("s", "c", "k", t, 1e9)["best_pct"] == pytest.approx(10.0)
-    assert measured == [("cpu", True)]
+    assert measured == [("cpu", True)] * 2
 
 
 def test_measure_best_stream_patterns():
