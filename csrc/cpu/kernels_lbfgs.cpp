@@ -272,6 +272,15 @@ void LbfgsWorkspace::reset() {
 }
 
 LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, double eps, int threads) {
+  products(buf, has_new, threads);
+  return apply(buf, has_new, eps, threads, sums_.data());
+}
+
+int LbfgsWorkspace::product_count() const { return 4 * static_cast<int>(meta_[layout_.count()]) + 6; }
+
+// Pass 1: every inner product the update needs, summed over this workspace's n
+// elements into sums_ (product_count() values, layout in lbfgs.h).
+const double* LbfgsWorkspace::products(const LbfgsBuffers& buf, bool has_new, int threads) {
   const LbfgsLayout& L = layout_;
   const int m = L.m;
   const int es = dtype_ == 1 ? 8 : 4;
@@ -299,9 +308,7 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
   const int64_t ahead = shape.prefetch;
   const int64_t tile_offset = scratch_stride() - kPartition;
   const Pass1Fn pass1 = select_pass1(dtype_, has_new, implicit);
-  const Pass2Fn pass2 = select_pass2(dtype_);
   const Pass1TiledFn pass1_tiled = select_pass1_tiled(dtype_, has_new, implicit);
-  const Pass2TiledFn pass2_tiled = select_pass2_tiled(dtype_);
   for (int i = 0; i < count; ++i) {
     streams_[2 * i] = s_src_[i];
     streams_[2 * i + 1] = y_src_[i];
@@ -327,14 +334,41 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
     const double* acc = partials_.data() + p * row;
     for (int k = 0; k < used; ++k) sums_[k] += acc[k];
   }
+  return sums_.data();
+}
+
+// The solve and pass 2 given the sums of pass 1 (this workspace's own, or the
+// sums over every shard of a distributed vector).
+LbfgsOutcome LbfgsWorkspace::apply(const LbfgsBuffers& buf, bool has_new, double eps, int threads,
+                                   const double* sums) {
+  const LbfgsLayout& L = layout_;
+  const int m = L.m;
+  const int es = dtype_ == 1 ? 8 : 4;
+  const int count = static_cast<int>(meta_[L.count()]);
+  const int oldest = static_cast<int>(meta_[L.oldest()]);
+  for (int i = 0; i < count; ++i) slots_[i] = (oldest + i) % m;
+  const bool implicit = has_new && buf.g_old != nullptr;
+  const Candidate cand{buf.s_new, buf.y_new, buf.d, buf.g_old,
+                       buf.g_new != nullptr ? buf.g_new : buf.g, buf.step};
+  const int64_t parts = (n_ + kPartition - 1) / kPartition;
+  const int team = threads > 0 ? threads : omp_get_max_threads();
+  const bool parallel = parts > 1 && team > 1;
+  reserve_threads(parallel ? team : 1);
+  const LbfgsPassShape shape = lbfgs_pass_shape();
+  const int width = shape.width;
+  const int64_t tile = shape.tile;
+  const int64_t ahead = shape.prefetch;
+  const int64_t tile_offset = scratch_stride() - kPartition;
+  const Pass2Fn pass2 = select_pass2(dtype_);
+  const Pass2TiledFn pass2_tiled = select_pass2_tiled(dtype_);
   std::fill(dots_.begin(), dots_.end(), 0.0);
   for (int i = 0; i < count; ++i) {
-    dots_[L.dot_sg(slots_[i])] = sums_[4 * i];
-    dots_[L.dot_s_ynew(slots_[i])] = sums_[4 * i + 1];
-    dots_[L.dot_yg(slots_[i])] = sums_[4 * i + 2];
-    dots_[L.dot_y_ynew(slots_[i])] = sums_[4 * i + 3];
+    dots_[L.dot_sg(slots_[i])] = sums[4 * i];
+    dots_[L.dot_s_ynew(slots_[i])] = sums[4 * i + 1];
+    dots_[L.dot_yg(slots_[i])] = sums[4 * i + 2];
+    dots_[L.dot_y_ynew(slots_[i])] = sums[4 * i + 3];
   }
-  const double* cand_sums = sums_.data() + 4 * count;
+  const double* cand_sums = sums + 4 * count;
   dots_[L.dot_new_sg()] = cand_sums[0];
   dots_[L.dot_new_sy()] = cand_sums[1];
   dots_[L.dot_new_ss()] = cand_sums[2];

@@ -58,7 +58,20 @@ class LbfgsWorkspace {
   LbfgsWorkspace(int64_t n, int m, int dtype);
 
   // Offer the candidate pair (if has_new), then write d = −H g. Allocates nothing.
+  // Equal to apply(buf, ..., products(buf, ...)).
   LbfgsOutcome direction(const LbfgsBuffers& buf, bool has_new, double eps, int threads);
+
+  // The direction in two halves, for a vector split across processes: products()
+  // streams the history once and returns product_count() float64 sums over this
+  // workspace's elements (per stored pair, oldest first: sᵀg, sᵀy_new, yᵀg,
+  // yᵀy_new; then s_newᵀg, s_newᵀy_new, s_newᵀs_new, y_newᵀg, y_newᵀy_new, gᵀg);
+  // apply() takes those sums added over every shard (the same on every shard),
+  // decides the pair, solves and writes d, and returns gᵀd over this shard only.
+  // The history state (meta) must not change between the two calls.
+  const double* products(const LbfgsBuffers& buf, bool has_new, int threads);
+  LbfgsOutcome apply(const LbfgsBuffers& buf, bool has_new, double eps, int threads,
+                     const double* sums);
+  int product_count() const;
 
   void reset();
   int64_t n() const { return n_; }

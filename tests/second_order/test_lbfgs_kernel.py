@@ -429,3 +429,72 @@ def test_threads_and_shapes_in_fresh_processes():
                 assert shape == "(%s, %s, %s)" % tuple(want), shape
             digests[(threads, passes)] = digest
     assert len(set(digests.values())) == 1, digests
+
+
+# ---------------------------------------------------------------- split products / apply
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_products_then_apply_equals_step_direction(rng, dtype):
+    n, m = 70001, 3
+    code = 0 if dtype == np.float32 else 1
+    ws_a, ws_b = _core.LbfgsWorkspace(n, m, code), _core.LbfgsWorkspace(n, m, code)
+    S_a = np.zeros((m, n), dtype); Y_a = np.zeros((m, n), dtype); d_a = np.zeros(n, dtype)
+    S_b = np.zeros((m, n), dtype); Y_b = np.zeros((m, n), dtype); d_b = np.zeros(n, dtype)
+    A = rng.uniform(0.5, 2.0, n)
+    x = rng.standard_normal(n)
+    g_old = None
+    for it in range(7):
+        g = (A * x).astype(dtype)
+        if it == 3:
+            g = (g_old - 0.5 * (g - g_old)).astype(dtype)  # rejected
+        has_new = g_old is not None
+        go = _ptr(g_old) if has_new else 0
+        want = ws_a.step_direction(_ptr(S_a), _ptr(Y_a), n, _ptr(d_a), 0.5, go, has_new, _ptr(g), 1e-8)
+        sums = ws_b.step_products(_ptr(S_b), _ptr(Y_b), n, _ptr(d_b), 0.5, go, has_new, _ptr(g))
+        assert sums.shape == (4 * ws_b.count + 6,)
+        g64 = g.astype(np.float64)
+        assert sums[-1] == pytest.approx(g64 @ g64, rel=1e-12)
+        got = ws_b.step_apply(_ptr(S_b), _ptr(Y_b), n, _ptr(d_b), 0.5, go, has_new, _ptr(g), 1e-8, sums)
+        assert got == want
+        np.testing.assert_array_equal(d_b, d_a)
+        np.testing.assert_array_equal(S_b, S_a)
+        np.testing.assert_array_equal(ws_b.get_meta(), ws_a.get_meta())
+        x = x + 0.5 * d_a.astype(np.float64)
+        g_old = g
+    with pytest.raises(ValueError, match="sums"):
+        ws_b.step_apply(_ptr(S_b), _ptr(Y_b), n, _ptr(d_b), 0.5, 0, False, _ptr(g), 1e-8, sums[:-1])
+
+
+def test_sharded_products_summed_give_the_full_direction(rng):
+    """Two shards of one vector, each with its own workspace and history slices:
+    products added over the shards, then apply on each, give the whole vector's
+    direction (up to the order of the partition sums) and the same pair decisions."""
+    n, m, cut = 100_003, 4, 65536
+    A = rng.uniform(0.5, 2.0, n)
+    x = rng.standard_normal(n)
+    full = _core.LbfgsWorkspace(n, m, 1)
+    S = np.zeros((m, n)); Y = np.zeros((m, n)); d = np.zeros(n)
+    shards = [(slice(0, cut), _core.LbfgsWorkspace(cut, m, 1)),
+              (slice(cut, n), _core.LbfgsWorkspace(n - cut, m, 1))]
+    S2 = np.zeros((m, n)); Y2 = np.zeros((m, n)); d2 = np.zeros(n)
+    g_old = None
+    for it in range(8):
+        g = A * x
+        if it == 4:
+            g = g_old - 0.5 * (g - g_old)  # rejected on every shard alike
+        has_new = g_old is not None
+        acc, gd, gg = full.step_direction(_ptr(S), _ptr(Y), n, _ptr(d), 0.5,
+                                          _ptr(g_old) if has_new else 0, has_new, _ptr(g), 1e-8)
+        ptrs = lambda a, sl: _ptr(a[..., sl])  # noqa: E731 - a slot's slice (stride n)
+        total = sum(ws.step_products(ptrs(S2, sl), ptrs(Y2, sl), n, ptrs(d2, sl), 0.5,
+                                     ptrs(g_old, sl) if has_new else 0, has_new, ptrs(g, sl))
+                    for sl, ws in shards)
+        outs = [ws.step_apply(ptrs(S2, sl), ptrs(Y2, sl), n, ptrs(d2, sl), 0.5,
+                              ptrs(g_old, sl) if has_new else 0, has_new, ptrs(g, sl), 1e-8, total)
+                for sl, ws in shards]
+        assert all(o[0] == acc for o in outs)
+        assert sum(o[1] for o in outs) == pytest.approx(gd, rel=1e-10)
+        assert outs[0][2] == pytest.approx(gg, rel=1e-12)
+        np.testing.assert_allclose(d2, d, rtol=1e-9, atol=1e-12 * np.abs(d).max())
+        x = x + 0.5 * d
+        g_old = g
+    assert shards[0][1].count == full.count == m
