@@ -148,9 +148,15 @@ Pass2TiledFn select_pass2_tiled(int dtype) {
 
 // The pass shape in use (process-wide): width 0 = the sweep of every stream at
 // once; otherwise tiles of `tile` elements with `width` history streams at a time.
-std::atomic<int> g_width{-1};  // -1: not chosen yet
-std::atomic<int> g_tile{0};
-std::atomic<int> g_ahead{0};
+// One word, so a call that runs while another thread sets a new shape reads
+// either shape whole, never a mix. -1: not chosen yet.
+std::atomic<int64_t> g_shape{-1};
+int64_t pack_shape(const LbfgsPassShape& s) {
+  return int64_t(s.width) | (s.tile << 8) | (s.prefetch << 32);
+}
+LbfgsPassShape unpack_shape(int64_t v) {
+  return LbfgsPassShape{int(v & 0xFF), (v >> 8) & 0xFFFFFF, v >> 32};
+}
 
 // The default shape for this machine, from what was measured on each (2 cores,
 // n = 2^23, m = 10, float32; bench/RESULTS.md):
@@ -196,18 +202,15 @@ void choose_initial_shape() {
   try {
     set_lbfgs_pass_shape(shape.width, shape.tile, shape.prefetch);
   } catch (const std::invalid_argument&) {
-    const LbfgsPassShape d = default_shape();  // a malformed variable: the default
-    g_tile.store(static_cast<int>(d.tile));
-    g_ahead.store(static_cast<int>(d.prefetch));
-    g_width.store(d.width);
+    g_shape.store(pack_shape(default_shape()));  // a malformed variable: the default
   }
 }
 
 }  // namespace
 
 LbfgsPassShape lbfgs_pass_shape() {
-  if (g_width.load() < 0) choose_initial_shape();
-  return LbfgsPassShape{g_width.load(), g_tile.load(), g_ahead.load()};
+  if (g_shape.load() < 0) choose_initial_shape();
+  return unpack_shape(g_shape.load());
 }
 
 void set_lbfgs_pass_shape(int width, int64_t tile, int64_t prefetch) {
@@ -221,9 +224,8 @@ void set_lbfgs_pass_shape(int width, int64_t tile, int64_t prefetch) {
     throw std::invalid_argument("tile: must be a multiple of " + std::to_string(kTileBlock) + " in [" +
                                 std::to_string(kTileBlock) + ", " +
                                 std::to_string(LbfgsWorkspace::kPartition) + "]");
-  g_tile.store(width > 0 ? static_cast<int>(tile) : 0);
-  g_ahead.store(width > 0 ? static_cast<int>(prefetch) : 0);
-  g_width.store(width);
+  g_shape.store(width > 0 ? pack_shape(LbfgsPassShape{width, tile, prefetch})
+                          : pack_shape(LbfgsPassShape{0, 0, 0}));
 }
 
 LbfgsWorkspace::LbfgsWorkspace(int64_t n, int m, int dtype) : n_(n), dtype_(dtype), layout_{m} {
