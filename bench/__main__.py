@@ -78,6 +78,10 @@ def main(argv: List[str] = None) -> int:
               f"{getattr(mod, 'DESCRIPTION', '')} [{elapsed:.1f} s]")
         columns = getattr(mod, "COLUMNS", None)
         harness.print_table(rows, columns)
+        best = ctx.best
+        if best is not None:
+            print(f"best_pct: % of {best.gbps:.1f} GB/s, the best streaming bandwidth of this run ("
+                  + ", ".join(f"{k} {v:.1f}" for k, v in best.patterns.items()) + " GB/s)")
         if args.markdown:
             print()
             print(harness.format_table(rows, columns, markdown=True))

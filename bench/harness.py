@@ -7,6 +7,7 @@ the quick flag and the functions below.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -160,14 +161,76 @@ def cuda_copy_fn(dst: Any, src: Any) -> Callable[[], None]:
     return lambda: dst.copy_(src) if hasattr(dst, "copy_") else dst.__setitem__(Ellipsis, src)
 
 
+# ---------------------------------------------------------------- best streaming bandwidth
+# A same-pattern probe measures the pattern, not the machine: a sweep over many
+# streams at once runs as fast as the hardware prefetchers follow that many
+# streams, which differs between vendors and generations, so a slow pattern
+# looks efficient against its own probe. Every row therefore also reports its
+# minimum bytes against the best that a few-stream pattern reaches in the same
+# run (``best_pct``).
+BEST_STREAM_PATTERNS = ("1 read", "2 reads + 1 write (in place)", "2 reads + 1 write")
+
+
+@dataclass(frozen=True)
+class BestStream:
+    """The machine's best streaming bandwidth in this run: the fastest of a few
+    few-stream probe patterns (``patterns``: pattern -> GB/s) over arrays larger
+    than the last-level cache."""
+
+    gbps: float
+    pattern: str
+    patterns: Dict[str, float]
+    elements: int
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"gbps": self.gbps, "pattern": self.pattern, "patterns": dict(self.patterns),
+                "elements": self.elements}
+
+
+def measure_best_stream(device: str = "cpu", quick: bool = False,
+                        timer: Callable[..., Timing] = None) -> BestStream:
+    """Stream float32 arrays with 1 read, 2 reads + 1 in-place write (an SGD-like
+    triad) and 2 reads + 1 separate write (a = b + c) through the bandwidth probe;
+    GB/s counts each read and write once (not a store's read-for-ownership); per
+    pattern the best of three rounds' medians."""
+    timer = timer or measure
+    n = 1 << 16 if quick else 1 << 24  # 64 MiB per array: past any L3 of these machines
+    if device == "cuda":
+        import torch
+        mk = lambda: torch.ones(n, device="cuda")  # noqa: E731
+        sync = _cuda_synchronize
+    else:
+        mk = lambda: np.ones(n, np.float32)  # noqa: E731
+        sync = None
+    a, b, c = mk(), mk(), mk()
+    found: Dict[str, float] = {}
+    fns = [(name, bandwidth_probe_fn(reads, writes), 4.0 * n * (len(reads) + len(writes)))
+           for name, reads, writes in zip(BEST_STREAM_PATTERNS, ([a], [a, b], [a, b]), ([], [a], [c]))]
+    # Three interleaved rounds, the fastest round's median per pattern: on a shared
+    # machine a disturbed moment slows a round, never speeds it up.
+    for _ in range(1 if quick else 3):
+        for name, fn, nbytes in fns:
+            t = timer(fn, sync=sync, min_time_s=0.02 if quick else 0.1, max_time_s=0.5)
+            found[name] = max(found.get(name, 0.0), nbytes / t.median_s / 1e9)
+    best = max(found, key=found.get)
+    return BestStream(found[best], best, found, n)
+
+
+
+
 # ---------------------------------------------------------------- rows and tables
 def row(suite: str, case: str, impl: str, timing: Optional[Timing], bytes_moved: Optional[float],
-        probe_timing: Optional[Timing] = None, **extra: Any) -> Dict[str, Any]:
+        probe_timing: Optional[Timing] = None, *, best_gbps: Any = None,
+        **extra: Any) -> Dict[str, Any]:
     """One result row: times in ms, GB/s from ``bytes_moved`` and the median,
     and ``probe_pct`` = probe median / this median × 100 (the probe moves the
-    same bytes, so this is the share of attainable bandwidth reached).
-    ``timing=None`` records an implementation that is not available
-    (give the reason as ``note=``)."""
+    same bytes, so this is the share of bandwidth the same pattern attains),
+    and ``best_pct`` = this GB/s / ``best_gbps`` × 100: the share of the
+    machine's best streaming bandwidth (see :meth:`Context.best_stream`) for the
+    kernel's minimum bytes. ``best_gbps`` is a number or a callable giving one
+    (evaluated only for rows with bytes; :class:`Context`'s ``row`` passes the
+    run's own figure). ``timing=None`` records an implementation that is not
+    available (give the reason as ``note=``)."""
     out: Dict[str, Any] = {"suite": suite, "case": case, "impl": impl}
     if timing is not None:
         out.update(median_ms=timing.median_s * 1e3, p20_ms=timing.p20_s * 1e3,
@@ -176,6 +239,10 @@ def row(suite: str, case: str, impl: str, timing: Optional[Timing], bytes_moved:
             out["gbps"] = bytes_moved / timing.median_s / 1e9
         if probe_timing is not None:
             out["probe_pct"] = 100.0 * probe_timing.median_s / timing.median_s
+        if bytes_moved and best_gbps is not None:
+            best = best_gbps() if callable(best_gbps) else float(best_gbps)
+            if best > 0:
+                out["best_pct"] = 100.0 * out["gbps"] / best
     out.update(extra)
     return out
 
@@ -199,7 +266,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-DEFAULT_COLUMNS = ("case", "impl", "median_ms", "p20_ms", "p80_ms", "gbps", "probe_pct")
+DEFAULT_COLUMNS = ("case", "impl", "median_ms", "p20_ms", "p80_ms", "gbps", "probe_pct", "best_pct")
+
+
+def with_best_pct(columns: Sequence[str]) -> Tuple[str, ...]:
+    """A suite's fixed column list with ``best_pct`` right after ``probe_pct``
+    (or after ``gbps``), for suites that name their columns."""
+    cols = [c for c in columns if c != "best_pct"]
+    anchor = "probe_pct" if "probe_pct" in cols else "gbps" if "gbps" in cols else None
+    cols.insert(cols.index(anchor) + 1 if anchor else len(cols), "best_pct")
+    return tuple(cols)
 
 
 def format_table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None,
@@ -214,6 +290,8 @@ def format_table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]
                     cols.append(k)
     else:
         cols = list(columns)
+        if "best_pct" not in cols and any("best_pct" in r for r in rows):
+            cols = list(with_best_pct(cols))  # a suite's fixed list gets the column too
     cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -299,6 +377,23 @@ class Context:
     progress: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
 
+    best: Optional[BestStream] = None
+
+    def __post_init__(self) -> None:
+        # Rows made through ctx.row get best_pct against this run's best
+        # streaming figure, measured on first need (so every suite, present or
+        # future, reports it without doing anything).
+        if self.row is row:
+            self.row = functools.partial(row, best_gbps=lambda: self.best_stream().gbps)
+
+    def best_stream(self) -> BestStream:
+        """The machine's best streaming bandwidth in this suite's run: measured
+        once per context (one context per suite), when the first row with
+        bytes needs it, so it sees the machine in the same minutes as the rows."""
+        if self.best is None:
+            self.best = measure_best_stream(self.device, self.quick)
+        return self.best
+
     def sync(self) -> None:
         """Wait for the device (no-op on CPU)."""
         if self.device == "cuda":
@@ -331,5 +426,7 @@ def write_json(path: str, suite: str, ctx: Context, rows: Sequence[Dict[str, Any
         os.makedirs(d, exist_ok=True)
     doc = {"suite": suite, "command": command, "quick": ctx.quick, "elapsed_s": elapsed_s,
            "machine": machine_description(ctx.device), "rows": list(rows)}
+    if ctx.best is not None:
+        doc["best_stream"] = ctx.best.as_dict()
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, default=str)

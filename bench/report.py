@@ -30,10 +30,17 @@ def section(path: str, columns: List[str] = None) -> str:
         f"- command: `{doc['command']}` ({doc['elapsed_s']:.0f} s)",
         f"- date (UTC): {m.get('date_utc')}",
         f"- machine: {machine}",
+    ] + ([f"- best streaming bandwidth (same run, `best_pct` = gbps / this): {_best_line(doc['best_stream'])}"]
+         if "best_stream" in doc else []) + [
         "",
         format_table(doc["rows"], cols, markdown=True),
         "",
     ])
+
+
+def _best_line(best: dict) -> str:
+    others = ", ".join(f"{k} {v:.1f}" for k, v in best["patterns"].items())
+    return f"{best['gbps']:.1f} GB/s ({best['pattern']}; {others} GB/s; {best['elements']} fp32 per array)"
 
 
 def main(argv: List[str]) -> int:

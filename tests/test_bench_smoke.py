@@ -87,6 +87,61 @@ def test_row_derives_gbps_and_probe_pct():
     assert "probe_pct" in text and "n/a" in text
 
 
+def test_row_best_pct_against_best_streaming_bandwidth():
+    t = harness.Timing(0.5, 0.4, 0.6, 0.4, 5)
+    r = harness.row("s", "c", "impl", t, 2e9, best_gbps=8.0)
+    assert r["gbps"] == pytest.approx(4.0) and r["best_pct"] == pytest.approx(50.0)
+    calls = []
+    lazy = lambda: calls.append(1) or 16.0  # noqa: E731
+    assert harness.row("s", "c", "impl", t, 2e9, best_gbps=lazy)["best_pct"] == pytest.approx(25.0)
+    # No bytes (or no timing): no figure, and the lazy measurement is not started.
+    assert "best_pct" not in harness.row("s", "c", "impl", t, None, best_gbps=lazy)
+    assert "best_pct" not in harness.row("s", "c", "impl", None, 2e9, best_gbps=lazy)
+    assert len(calls) == 1
+    # A suite's fixed column list gets the column next to probe_pct.
+    text = harness.format_table([harness.row("s", "c", "i", t, 2e9, t, best_gbps=8.0)],
+                                ["case", "impl", "gbps", "probe_pct", "note"])
+    header = text.splitlines()[0].split()
+    assert header == ["case", "impl", "gbps", "probe_pct", "best_pct", "note"]
+
+
+def test_context_rows_measure_best_stream_once(monkeypatch):
+    measured = []
+
+    def fake(device="cpu", quick=False, timer=None):
+        measured.append((device, quick))
+        return harness.BestStream(20.0, "1 read", {"1 read": 20.0, "2 reads + 1 write": 10.0}, 64)
+
+    monkeypatch.setattr(harness, "measure_best_stream", fake)
+    ctx = harness.Context(quick=True)
+    t = harness.Timing(0.5, 0.4, 0.6, 0.4, 5)
+    assert "best_pct" not in ctx.row("s", "c", "none", t, None) and not measured  # not needed yet
+    assert ctx.row("s", "c", "i", t, 2e9)["best_pct"] == pytest.approx(20.0)
+    assert ctx.row("s", "c", "j", t, 4e9)["best_pct"] == pytest.approx(40.0)
+    assert measured == [("cpu", True)]  # once per context (one context per suite)
+    assert harness.Context(quick=True).row("s", "c", "k", t, 1e9)["best_pct"] == pytest.approx(10.0)
+    assert measured == [("cpu", True)] * 2
+
+
+def test_measure_best_stream_patterns():
+    best = harness.measure_best_stream("cpu", quick=True,
+                                       timer=lambda fn, **kw: harness.measure(fn, repeats=3, warmup=1))
+    assert set(best.patterns) == set(harness.BEST_STREAM_PATTERNS)
+    assert all(v > 0 for v in best.patterns.values())
+    assert best.gbps == max(best.patterns.values()) and best.patterns[best.pattern] == best.gbps
+
+
+def _assert_best_pct(doc: dict, impls=("optcore",)) -> None:
+    """Every row with bytes has best_pct = gbps / the run's best streaming figure."""
+    best = doc["best_stream"]["gbps"]
+    assert best > 0 and doc["best_stream"]["pattern"] in harness.BEST_STREAM_PATTERNS
+    with_bytes = [r for r in doc["rows"] if "gbps" in r]
+    assert with_bytes
+    for r in with_bytes:
+        assert r["best_pct"] == pytest.approx(100.0 * r["gbps"] / best), r
+    assert any(r["impl"].startswith(impls) for r in with_bytes)
+
+
 # ---------------------------------------------------------------- optimizers suite, --quick
 def _run_quick(suite: str, tmp_path) -> dict:
     """``python -m bench --suite SUITE --quick`` from the repository root; its JSON document."""
@@ -105,7 +160,8 @@ def test_optimizers_suite_quick(tmp_path, capsys):
     from bench.suites import optimizers
     doc = _run_quick("optimizers", tmp_path)
     out = capsys.readouterr().out
-    assert "DeltaBarDelta" in out and "probe_pct" in out
+    assert "DeltaBarDelta" in out and "probe_pct" in out and "best_pct" in out
+    _assert_best_pct(doc)
     assert doc["machine"]["cpu_isa"] in ("base", "avx2", "avx512")
     rows = doc["rows"]
     cases = {label for label, _ in optimizers.cases(True)}
@@ -146,8 +202,10 @@ def test_numpy_reference_matches_optcore():
 # ---------------------------------------------------------------- training-loop suite
 def test_training_loop_suite_quick(tmp_path, capsys):
     from bench.suites import training_loop
-    rows = _run_quick("training-loop", tmp_path)["rows"]
+    doc = _run_quick("training-loop", tmp_path)
+    rows = doc["rows"]
     assert "bytes_ratio" in capsys.readouterr().out
+    _assert_best_pct(doc)
     for case, _ in training_loop.cases(True):
         got = {r["impl"]: r for r in rows if r["case"] == case}
         for impl in ("probe plain", "optcore Adam", "probe clip+ema", "optcore Adam+clip+ema",
@@ -187,3 +245,9 @@ def test_training_loop_torch_chain_is_the_same_work():
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-6)
     assert np.any(ours[0] != theta[0])
     assert opt.last_grad_norm > max_norm  # every step clipped
+
+
+@pytest.mark.parametrize("suite", ["probe", "batchnorm", "lbfgs"])
+def test_every_suite_reports_best_pct(suite, tmp_path):
+    """Suites get best_pct from the harness's row helper without doing anything."""
+    _assert_best_pct(_run_quick(suite, tmp_path), impls=("optcore", "probe"))

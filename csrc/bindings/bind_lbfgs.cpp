@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bindings/registry.h"
 #include "cpu/lbfgs.h"
@@ -57,7 +58,72 @@ py::tuple lbfgs_step_direction(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y
   return py::make_tuple(out.accepted, out.g_dot_d, out.g_dot_g);
 }
 
+// The two halves of step_direction for a vector split across processes (see
+// LbfgsWorkspace::products/apply): the caller sums the products over every
+// shard between them.
+py::array_t<double> lbfgs_step_products(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y,
+                                        int64_t ld, uintptr_t d, double step, uintptr_t g_old,
+                                        bool has_new, uintptr_t g, int threads, uintptr_t g_new) {
+  if (ld < ws.n()) throw py::value_error("ld: slot stride must be at least n = " + std::to_string(ws.n()));
+  if (threads < 0) throw py::value_error("threads: must be >= 0 (0 = all)");
+  if (has_new && !std::isfinite(step)) throw py::value_error("step: must be finite");
+  if (ws.n() > 0 && (S == 0 || Y == 0 || g == 0 || d == 0 || (has_new && g_old == 0)))
+    throw py::value_error("lbfgs_step_products: null data pointer");
+  cpu::LbfgsBuffers buf{as_ptr(S), as_ptr(Y), ld, nullptr, nullptr, as_ptr(g), as_ptr(d)};
+  buf.g_old = has_new ? as_ptr(g_old) : nullptr;
+  buf.g_new = has_new && g_new != 0 ? as_ptr(g_new) : nullptr;
+  buf.step = step;
+  py::array_t<double> out(ws.product_count());
+  const double* sums;
+  {
+    py::gil_scoped_release release;
+    sums = ws.products(buf, has_new, threads);
+  }
+  std::copy(sums, sums + ws.product_count(), out.mutable_data());
+  return out;
+}
+
+py::tuple lbfgs_step_apply(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y, int64_t ld,
+                           uintptr_t d, double step, uintptr_t g_old, bool has_new, uintptr_t g,
+                           double eps, py::array_t<double, py::array::c_style | py::array::forcecast> sums,
+                           int threads, uintptr_t g_new) {
+  if (ld < ws.n()) throw py::value_error("ld: slot stride must be at least n = " + std::to_string(ws.n()));
+  if (!(eps >= 0.0) || !std::isfinite(eps)) throw py::value_error("eps: curvature tolerance must be finite and >= 0");
+  if (threads < 0) throw py::value_error("threads: must be >= 0 (0 = all)");
+  if (has_new && !std::isfinite(step)) throw py::value_error("step: must be finite");
+  if (sums.ndim() != 1 || sums.size() != ws.product_count())
+    throw py::value_error("sums: expected " + std::to_string(ws.product_count()) +
+                          " values (step_products of this history state)");
+  if (ws.n() > 0 && (S == 0 || Y == 0 || g == 0 || d == 0 || (has_new && g_old == 0)))
+    throw py::value_error("lbfgs_step_apply: null data pointer");
+  cpu::LbfgsBuffers buf{as_ptr(S), as_ptr(Y), ld, nullptr, nullptr, as_ptr(g), as_ptr(d)};
+  buf.g_old = has_new ? as_ptr(g_old) : nullptr;
+  buf.g_new = has_new && g_new != 0 ? as_ptr(g_new) : nullptr;
+  buf.step = step;
+  std::vector<double> copy(sums.data(), sums.data() + sums.size());
+  cpu::LbfgsOutcome out;
+  {
+    py::gil_scoped_release release;
+    out = ws.apply(buf, has_new, eps, threads, copy.data());
+  }
+  return py::make_tuple(out.accepted, out.g_dot_d, out.g_dot_g);
+}
+
 void bind_lbfgs(py::module_& m) {
+  m.def("lbfgs_pass_shape", [] {
+    const cpu::LbfgsPassShape s = cpu::lbfgs_pass_shape();
+    return py::make_tuple(s.width, s.tile, s.prefetch);
+  }, "The L-BFGS passes' memory schedule in use: (width, tile, prefetch); width 0 = one sweep "
+     "of every stream, else tiles of `tile` elements with `width` history streams at a time, "
+     "software prefetch `prefetch` elements ahead. The results are the same bits for every shape.");
+  m.def("set_lbfgs_pass_shape", [](int width, int64_t tile, int64_t prefetch) {
+    try {
+      cpu::set_lbfgs_pass_shape(width, tile, prefetch);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("width"), py::arg("tile") = 8192, py::arg("prefetch") = 0,
+     "Set the L-BFGS passes' memory schedule for the process (see lbfgs_pass_shape).");
   py::class_<cpu::LbfgsWorkspace>(m, "LbfgsWorkspace",
                                   "Preallocated L-BFGS direction workspace (compact form, float64 sums)")
       .def(py::init<int64_t, int, int>(), py::arg("n"), py::arg("m"), py::arg("dtype"))
@@ -72,6 +138,21 @@ void bind_lbfgs(py::module_& m) {
            "Offer the pair s = step*d, y = g_new - g_old (d: the previous direction; g_new = 0: g) "
            "if has_new, then overwrite d with -H g. Returns (accepted, g.d, g.g), the products "
            "in float64.")
+      .def("step_products", &lbfgs_step_products, py::arg("S"), py::arg("Y"), py::arg("ld"),
+           py::arg("d"), py::arg("step"), py::arg("g_old"), py::arg("has_new"), py::arg("g"),
+           py::arg("threads") = 0, py::arg("g_new") = 0,
+           "First half of step_direction (pass 1): the float64 inner products over this "
+           "workspace's elements, 4*count + 6 values (per stored pair, oldest first: s.g, "
+           "s.y_new, y.g, y.y_new; then s_new.g, s_new.y_new, s_new.s_new, y_new.g, "
+           "y_new.y_new, g.g). Writes nothing but the workspace; for a vector split across "
+           "processes, sum these over every shard, then call step_apply.")
+      .def("step_apply", &lbfgs_step_apply, py::arg("S"), py::arg("Y"), py::arg("ld"),
+           py::arg("d"), py::arg("step"), py::arg("g_old"), py::arg("has_new"), py::arg("g"),
+           py::arg("eps"), py::arg("sums"), py::arg("threads") = 0, py::arg("g_new") = 0,
+           "Second half of step_direction given the products summed over every shard (the "
+           "same on each, so every shard decides the pair alike): accepts or rejects the pair, "
+           "overwrites d with -H g. Returns (accepted, g.d over this shard, g.g from sums). "
+           "With this workspace's own step_products, equal bit for bit to step_direction.")
       .def("reset", &cpu::LbfgsWorkspace::reset)
       .def_property_readonly("n", &cpu::LbfgsWorkspace::n)
       .def_property_readonly("m", &cpu::LbfgsWorkspace::m)

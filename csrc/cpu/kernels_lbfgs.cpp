@@ -16,6 +16,8 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -29,6 +31,7 @@ namespace cpu {
 namespace {
 
 constexpr int kLanes = 8;
+constexpr int kTileBlock = 32;  // kBlock of lbfgs_passes.inc
 
 // Eight float64 lanes as a GCC vector: the same operations, in the same order,
 // whichever instruction set the passes below are compiled for, so the result
@@ -65,6 +68,11 @@ struct Pass2Args {
 typedef void (*Pass1Fn)(const void* const*, const void* const*, int, const void*, const Candidate&,
                         int64_t, int64_t, double*, double*, double*);
 typedef double (*Pass2Fn)(const Pass2Args&, int64_t, int64_t);
+typedef void (*Pass1TiledFn)(const void* const*, const void* const*, const void* const*, int,
+                             const void*, const Candidate&, int64_t, int64_t, int, int64_t,
+                             int64_t, double*, double*, void*, double*);
+typedef double (*Pass2TiledFn)(const Pass2Args&, const void* const*, const double*, int64_t,
+                               int64_t, int, int64_t, int64_t, void*);
 
 inline const void* offset(const void* p, int64_t elements, int elem_size) {
   return static_cast<const char*>(p) + elements * elem_size;
@@ -119,8 +127,106 @@ Pass2Fn select_pass2(int dtype) {
     default: return lbfgs_base::pass2_for(dtype);
   }
 }
+Pass1TiledFn select_pass1_tiled(int dtype, bool has_new, bool implicit) {
+  switch (active_isa()) {
+#if defined(OPTCORE_X86)
+    case Isa::Avx512: return lbfgs_avx512::pass1_tiled_for(dtype, has_new, implicit);
+    case Isa::Avx2: return lbfgs_avx2::pass1_tiled_for(dtype, has_new, implicit);
+#endif
+    default: return lbfgs_base::pass1_tiled_for(dtype, has_new, implicit);
+  }
+}
+Pass2TiledFn select_pass2_tiled(int dtype) {
+  switch (active_isa()) {
+#if defined(OPTCORE_X86)
+    case Isa::Avx512: return lbfgs_avx512::pass2_tiled_for(dtype);
+    case Isa::Avx2: return lbfgs_avx2::pass2_tiled_for(dtype);
+#endif
+    default: return lbfgs_base::pass2_tiled_for(dtype);
+  }
+}
+
+// The pass shape in use (process-wide): width 0 = the sweep of every stream at
+// once; otherwise tiles of `tile` elements with `width` history streams at a time.
+// One word, so a call that runs while another thread sets a new shape reads
+// either shape whole, never a mix. -1: not chosen yet.
+std::atomic<int64_t> g_shape{-1};
+int64_t pack_shape(const LbfgsPassShape& s) {
+  return int64_t(s.width) | (s.tile << 8) | (s.prefetch << 32);
+}
+LbfgsPassShape unpack_shape(int64_t v) {
+  return LbfgsPassShape{int(v & 0xFF), (v >> 8) & 0xFFFFFF, v >> 32};
+}
+
+// The default shape for this machine, from what was measured on each (2 cores,
+// n = 2^23, m = 10, float32; bench/RESULTS.md):
+// - Intel Xeon (AVX-512): the sweep of all 21 streams read them at 30-31 GB/s,
+//   as fast as the same-pattern probe and faster than tiles of 4-128 KiB per
+//   stream (24-29 GB/s, without software prefetch); kept there.
+// - AMD EPYC (Zen 5, AVX-512): the sweep reads 21 streams at 23-25 GB/s while
+//   2-6 streams at a time stream at 40-50; tiles of 32768 elements (128 KiB per
+//   stream) with 4 history streams at a time and a software prefetch 2 KiB ahead
+//   took the direction from 59-68 ms to 41-45 ms (interleaved runs, medians).
+//   Without the prefetch the tiles were no faster than the sweep. AMD's older
+//   parts (AVX2) follow fewer streams still, so they get the tiles too.
+LbfgsPassShape default_shape() {
+#if defined(OPTCORE_X86)
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("amd")) return LbfgsPassShape{4, 32768, 512};
+#endif
+  return LbfgsPassShape{0, 0, 0};
+}
+
+int64_t parse_or(const char* text, int64_t fallback) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text, &end, 10);
+  return end != text ? v : fallback;
+}
+
+void choose_initial_shape() {
+  LbfgsPassShape shape = default_shape();
+  if (const char* env = std::getenv("OPTCORE_LBFGS_PASSES")) {
+    if (!std::strcmp(env, "sweep")) {
+      shape = LbfgsPassShape{0, 0, 0};
+    } else if (!std::strncmp(env, "tiled:", 6)) {
+      const char* w = env + 6;
+      const char* colon = std::strchr(w, ':');
+      shape.width = static_cast<int>(parse_or(w, shape.width));
+      if (colon != nullptr) {
+        shape.tile = parse_or(colon + 1, shape.tile);
+        const char* colon2 = std::strchr(colon + 1, ':');
+        shape.prefetch = colon2 != nullptr ? parse_or(colon2 + 1, 0) : 0;
+      }
+    }
+  }
+  try {
+    set_lbfgs_pass_shape(shape.width, shape.tile, shape.prefetch);
+  } catch (const std::invalid_argument&) {
+    g_shape.store(pack_shape(default_shape()));  // a malformed variable: the default
+  }
+}
 
 }  // namespace
+
+LbfgsPassShape lbfgs_pass_shape() {
+  if (g_shape.load() < 0) choose_initial_shape();
+  return unpack_shape(g_shape.load());
+}
+
+void set_lbfgs_pass_shape(int width, int64_t tile, int64_t prefetch) {
+  if (prefetch < 0 || prefetch > 65536 || prefetch % kTileBlock != 0)
+    throw std::invalid_argument("prefetch: elements ahead must be a multiple of " +
+                                std::to_string(kTileBlock) + " in [0, 65536]");
+  if (width < 0 || width > kLbfgsMaxWidth)
+    throw std::invalid_argument("width: history streams per group must be 0 (sweep) or in [1, " +
+                                std::to_string(kLbfgsMaxWidth) + "]");
+  if (width > 0 && (tile < kTileBlock || tile > LbfgsWorkspace::kPartition || tile % kTileBlock != 0))
+    throw std::invalid_argument("tile: must be a multiple of " + std::to_string(kTileBlock) + " in [" +
+                                std::to_string(kTileBlock) + ", " +
+                                std::to_string(LbfgsWorkspace::kPartition) + "]");
+  g_shape.store(width > 0 ? pack_shape(LbfgsPassShape{width, tile, prefetch})
+                          : pack_shape(LbfgsPassShape{0, 0, 0}));
+}
 
 LbfgsWorkspace::LbfgsWorkspace(int64_t n, int m, int dtype) : n_(n), dtype_(dtype), layout_{m} {
   if (n < 0) throw std::invalid_argument("n: must be non-negative");
@@ -138,12 +244,16 @@ LbfgsWorkspace::LbfgsWorkspace(int64_t n, int m, int dtype) : n_(n), dtype_(dtyp
   slots_.assign(m, 0);
   s_src_.assign(m, nullptr);
   y_src_.assign(m, nullptr);
+  streams_.assign(2 * m, nullptr);
+  stream_coefs_.assign(2 * m, 0.0);
   reserve_threads(omp_get_max_threads());
 }
 
-// Per thread: the float64 lanes (8 per product) and tails of pass 1.
+// Per thread: the float64 lanes (8 per product) and tails of pass 1, then the
+// tiled passes' tile buffer (a tile of float64 accumulators, or of the
+// candidate's y), 64-byte aligned.
 int64_t LbfgsWorkspace::scratch_stride() const {
-  return (int64_t(kLanes) * row_size() + row_size() + 7) / 8 * 8;
+  return (int64_t(kLanes) * row_size() + row_size() + 7) / 8 * 8 + kPartition;
 }
 
 void LbfgsWorkspace::reserve_threads(int team) {
@@ -164,6 +274,15 @@ void LbfgsWorkspace::reset() {
 }
 
 LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, double eps, int threads) {
+  products(buf, has_new, threads);
+  return apply(buf, has_new, eps, threads, sums_.data());
+}
+
+int LbfgsWorkspace::product_count() const { return 4 * static_cast<int>(meta_[layout_.count()]) + 6; }
+
+// Pass 1: every inner product the update needs, summed over this workspace's n
+// elements into sums_ (product_count() values, layout in lbfgs.h).
+const double* LbfgsWorkspace::products(const LbfgsBuffers& buf, bool has_new, int threads) {
   const LbfgsLayout& L = layout_;
   const int m = L.m;
   const int es = dtype_ == 1 ? 8 : 4;
@@ -185,8 +304,17 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
   const int used = 4 * count + 6;
 
   // Pass 1: inner products per partition.
+  const LbfgsPassShape shape = lbfgs_pass_shape();
+  const int width = shape.width;
+  const int64_t tile = shape.tile;
+  const int64_t ahead = shape.prefetch;
+  const int64_t tile_offset = scratch_stride() - kPartition;
   const Pass1Fn pass1 = select_pass1(dtype_, has_new, implicit);
-  const Pass2Fn pass2 = select_pass2(dtype_);
+  const Pass1TiledFn pass1_tiled = select_pass1_tiled(dtype_, has_new, implicit);
+  for (int i = 0; i < count; ++i) {
+    streams_[2 * i] = s_src_[i];
+    streams_[2 * i + 1] = y_src_[i];
+  }
 #pragma omp parallel num_threads(team) if (parallel)
   {
     double* scratch = thread_scratch(parallel ? omp_get_thread_num() : 0);
@@ -194,8 +322,13 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < parts; ++p) {
       const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
-      pass1(s_src_.data(), y_src_.data(), count, buf.g, cand, begin, end, scratch, tail,
-            partials_.data() + p * row);
+      if (width > 0)
+        pass1_tiled(s_src_.data(), y_src_.data(), streams_.data(), count, buf.g, cand, begin, end,
+                    width, tile, ahead, scratch, tail, scratch + tile_offset,
+                    partials_.data() + p * row);
+      else
+        pass1(s_src_.data(), y_src_.data(), count, buf.g, cand, begin, end, scratch, tail,
+              partials_.data() + p * row);
     }
   }
   std::fill(sums_.begin(), sums_.end(), 0.0);
@@ -203,14 +336,41 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
     const double* acc = partials_.data() + p * row;
     for (int k = 0; k < used; ++k) sums_[k] += acc[k];
   }
+  return sums_.data();
+}
+
+// The solve and pass 2 given the sums of pass 1 (this workspace's own, or the
+// sums over every shard of a distributed vector).
+LbfgsOutcome LbfgsWorkspace::apply(const LbfgsBuffers& buf, bool has_new, double eps, int threads,
+                                   const double* sums) {
+  const LbfgsLayout& L = layout_;
+  const int m = L.m;
+  const int es = dtype_ == 1 ? 8 : 4;
+  const int count = static_cast<int>(meta_[L.count()]);
+  const int oldest = static_cast<int>(meta_[L.oldest()]);
+  for (int i = 0; i < count; ++i) slots_[i] = (oldest + i) % m;
+  const bool implicit = has_new && buf.g_old != nullptr;
+  const Candidate cand{buf.s_new, buf.y_new, buf.d, buf.g_old,
+                       buf.g_new != nullptr ? buf.g_new : buf.g, buf.step};
+  const int64_t parts = (n_ + kPartition - 1) / kPartition;
+  const int team = threads > 0 ? threads : omp_get_max_threads();
+  const bool parallel = parts > 1 && team > 1;
+  reserve_threads(parallel ? team : 1);
+  const LbfgsPassShape shape = lbfgs_pass_shape();
+  const int width = shape.width;
+  const int64_t tile = shape.tile;
+  const int64_t ahead = shape.prefetch;
+  const int64_t tile_offset = scratch_stride() - kPartition;
+  const Pass2Fn pass2 = select_pass2(dtype_);
+  const Pass2TiledFn pass2_tiled = select_pass2_tiled(dtype_);
   std::fill(dots_.begin(), dots_.end(), 0.0);
   for (int i = 0; i < count; ++i) {
-    dots_[L.dot_sg(slots_[i])] = sums_[4 * i];
-    dots_[L.dot_s_ynew(slots_[i])] = sums_[4 * i + 1];
-    dots_[L.dot_yg(slots_[i])] = sums_[4 * i + 2];
-    dots_[L.dot_y_ynew(slots_[i])] = sums_[4 * i + 3];
+    dots_[L.dot_sg(slots_[i])] = sums[4 * i];
+    dots_[L.dot_s_ynew(slots_[i])] = sums[4 * i + 1];
+    dots_[L.dot_yg(slots_[i])] = sums[4 * i + 2];
+    dots_[L.dot_y_ynew(slots_[i])] = sums[4 * i + 3];
   }
-  const double* cand_sums = sums_.data() + 4 * count;
+  const double* cand_sums = sums + 4 * count;
   dots_[L.dot_new_sg()] = cand_sums[0];
   dots_[L.dot_new_sy()] = cand_sums[1];
   dots_[L.dot_new_ss()] = cand_sums[2];
@@ -231,6 +391,10 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
     y_src_[i] = offset(buf.Y, slot * buf.ld, es);
     cs[i] = coef_[L.coef_s(slot)];
     cy[i] = coef_[L.coef_y(slot)];
+    streams_[2 * i] = s_src_[i];
+    streams_[2 * i + 1] = y_src_[i];
+    stream_coefs_[2 * i] = cs[i];
+    stream_coefs_[2 * i + 1] = cy[i];
   }
 
   // Pass 2: d = −Hg (and gᵀd), the accepted candidate written into its ring slot.
@@ -246,10 +410,16 @@ LbfgsOutcome LbfgsWorkspace::direction(const LbfgsBuffers& buf, bool has_new, do
                     cand,
                     implicit,
                     buf.d};
-#pragma omp parallel for schedule(static) num_threads(team) if (parallel)
-  for (int64_t p = 0; p < parts; ++p) {
-    const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
-    partials2_[p] = pass2(t, begin, end);
+#pragma omp parallel num_threads(team) if (parallel)
+  {
+    double* tile_mem = thread_scratch(parallel ? omp_get_thread_num() : 0) + tile_offset;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
+      partials2_[p] = width > 0 ? pass2_tiled(t, streams_.data(), stream_coefs_.data(), begin, end,
+                                              width, tile, ahead, tile_mem)
+                                : pass2(t, begin, end);
+    }
   }
   for (int64_t p = 0; p < parts; ++p) out.g_dot_d += partials2_[p];
   out.accepted = dest >= 0;

@@ -36,12 +36,42 @@ struct LbfgsOutcome {
   double g_dot_g = 0.0;
 };
 
+// How the two passes walk memory (the results are the same bits either way).
+// width 0: one sweep of all 2m+1 streams at once, a few cache lines of each in
+// turn; width w > 0: tiles of `tile` elements, the tile's g, candidate y and
+// float64 accumulator kept in cache while the history streams go by w at a time.
+struct LbfgsPassShape {
+  int width = 0;
+  int64_t tile = 0;
+  int64_t prefetch = 0;  // tiled: software prefetch this many elements ahead (0: none)
+};
+
+// The process-wide shape: OPTCORE_LBFGS_PASSES=sweep|tiled:W:T[:P], else the
+// machine's default (see kernels_lbfgs.cpp). set_ validates (throws
+// std::invalid_argument naming the argument).
+LbfgsPassShape lbfgs_pass_shape();
+void set_lbfgs_pass_shape(int width, int64_t tile, int64_t prefetch = 0);
+constexpr int kLbfgsMaxWidth = 8;
+
 class LbfgsWorkspace {
  public:
   LbfgsWorkspace(int64_t n, int m, int dtype);
 
   // Offer the candidate pair (if has_new), then write d = −H g. Allocates nothing.
+  // Equal to apply(buf, ..., products(buf, ...)).
   LbfgsOutcome direction(const LbfgsBuffers& buf, bool has_new, double eps, int threads);
+
+  // The direction in two halves, for a vector split across processes: products()
+  // streams the history once and returns product_count() float64 sums over this
+  // workspace's elements (per stored pair, oldest first: sᵀg, sᵀy_new, yᵀg,
+  // yᵀy_new; then s_newᵀg, s_newᵀy_new, s_newᵀs_new, y_newᵀg, y_newᵀy_new, gᵀg);
+  // apply() takes those sums added over every shard (the same on every shard),
+  // decides the pair, solves and writes d, and returns gᵀd over this shard only.
+  // The history state (meta) must not change between the two calls.
+  const double* products(const LbfgsBuffers& buf, bool has_new, int threads);
+  LbfgsOutcome apply(const LbfgsBuffers& buf, bool has_new, double eps, int threads,
+                     const double* sums);
+  int product_count() const;
 
   void reset();
   int64_t n() const { return n_; }
@@ -67,7 +97,8 @@ class LbfgsWorkspace {
   // partials_: per partition, the layout's dots then gᵀg; partials2_: gᵀd.
   std::vector<double> meta_, partials_, partials2_, sums_, dots_, coef_, work_, scratch_;
   std::vector<int> slots_;
-  std::vector<const void*> s_src_, y_src_;
+  std::vector<const void*> s_src_, y_src_, streams_;  // streams_: s_0, y_0, s_1, ... (tiled)
+  std::vector<double> stream_coefs_;
 };
 
 }  // namespace cpu
