@@ -276,3 +276,60 @@ def test_book_rules_under_their_own_names():
     _train(ma, torch.optim.SGD(ma.parameters(), lr=0.05, momentum=0.9))
     _train(mb, ot.Momentum(mb.parameters(), lr=0.05, momentum=0.9, convention="torch"))
     _assert_same_params(ma, mb, torch.float64)
+
+
+# ---------------------------------------------------------------- LBFGS
+
+def _lbfgs_inputs():
+    common = pytest.importorskip("torch.testing._internal.common_optimizers",
+                                 reason="torch's optimizer test inputs need expecttest")
+    info = next(i for i in common.optim_db if i.optim_cls.__name__ == "LBFGS")
+    return [(dtype, oi.kwargs, oi.desc) for dtype in (torch.float32, torch.float64)
+            for oi in info.optim_inputs_func(device="cpu", dtype=dtype)]
+
+
+@pytest.fixture
+def one_torch_thread():
+    # torch.optim.LBFGS's many tiny vector ops crawl when two threads share two busy cores
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_lbfgs_reaches_a_loss_no_higher_than_torch(dtype, one_torch_thread):
+    """Every LBFGS configuration of torch's optim_db: after the same number of
+    step(closure) calls the loss is no higher than torch.optim.LBFGS's."""
+    gen = torch.Generator().manual_seed(11)
+    x, y = torch.randn(32, 6, generator=gen).to(dtype), torch.randn(32, 3, generator=gen).to(dtype)
+    cases = [c for c in _lbfgs_inputs() if c[0] == dtype]
+    assert len(cases) >= 5
+    for _, kwargs, desc in cases:
+        losses, firsts = [], []
+        for cls in (torch.optim.LBFGS, ot.LBFGS):
+            model = _model(3, dtype)
+            opt = cls(model.parameters(), **copy.deepcopy(kwargs))
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+            firsts.append(float(opt.step(closure)))
+            for _ in range(4):
+                opt.step(closure)
+            with torch.no_grad():
+                losses.append(float(torch.nn.functional.mse_loss(model(x), y)))
+        assert firsts[1] == pytest.approx(firsts[0], rel=1e-6), desc  # the loss at the start
+        assert losses[1] <= losses[0] * (1 + 1e-6), f"LBFGS({desc}): {losses}"
+
+
+def test_lbfgs_refuses_groups_and_unknown_line_search():
+    model = _model(1)
+    with pytest.raises(ValueError, match="line_search_fn"):
+        ot.LBFGS(model.parameters(), line_search_fn="armijo")
+    with pytest.raises(ValueError, match="parameter groups"):
+        ot.LBFGS([{"params": model[0].parameters()}, {"params": model[2].parameters()}])
+    with pytest.raises(TypeError, match="closure"):
+        ot.LBFGS(model.parameters()).step(None)

@@ -109,7 +109,7 @@ def _option_rows(ctx: Any, mt: Dict[str, Any]) -> List[Dict[str, Any]]:
         ctx.log(f"overhead: option {label}")
         theta = theta0.copy()
         opt = getattr(optcore, cls)([theta], **kwargs)
-        bpe = 4 * (2 + 2 * states)
+        bpe = 4 * (3 + 2 * states)  # θ read and written, g read, each state read and written
         t = ctx.measure(lambda: opt.step([grad]), **mt)
         rows.append(ctx.row("overhead", f"options 1x{n}", label, t, bpe * n, bytes_per_elem=bpe))
         del opt, theta
