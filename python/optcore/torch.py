@@ -30,6 +30,8 @@ is skipped on that step (its state and step count untouched); freezing,
 unfreezing, ``add_param_group`` and storage rebound between steps
 (``p.data = ...``, ``load_state_dict(assign=True)``, ``.to()``) are noticed at
 the next step, which re-plans over the live storage and carries the state over.
+DTensor parameters (FSDP2's ``fully_shard``) are stepped on their local shards;
+``max_grad_norm`` (book-rule classes) then clips by the norm summed over the ranks.
 This module imports torch; the rest of optcore never does.
 """
 from __future__ import annotations
@@ -49,6 +51,25 @@ __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "LBFGS", "M
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def _dtensor_type() -> Optional[type]:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return None
+    return DTensor
+
+
+_DTENSOR = _dtensor_type()
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2's sharded parameters and grads), else ``t``:
+    the update is element-wise, so each rank steps the shard it holds."""
+    if _DTENSOR is not None and isinstance(t, _DTENSOR):
+        return t.to_local()
+    return t
+
+
 def _scalar(value: Any) -> Any:
     """A tensor hyper-parameter (torch allows a tensor lr) as a Python number."""
     return value.item() if isinstance(value, torch.Tensor) else value
@@ -63,6 +84,14 @@ class _Inner:
         self.groups = groups  # (torch group index, params) per native group
         self.steps = steps    # the shared step tensor of each native group
         self.index = np.zeros(0, dtype=np.intp)  # positions of its params in the gather order
+
+
+class _NoGather:
+    """Stands in for _core.TensorGather where the C++ pass cannot read the storage (DTensor)."""
+
+    @staticmethod
+    def gather() -> None:
+        return None
 
 
 class _Adapter(torch.optim.Optimizer):
@@ -141,13 +170,13 @@ class _Adapter(torch.optim.Optimizer):
         if g.dtype != p.dtype or g.device != p.device or g.shape != p.shape:
             raise ValueError(f"{self._name(p)}: its grad is {g.dtype} {tuple(g.shape)} on "
                              f"{g.device}, the parameter {p.dtype} {tuple(p.shape)} on {p.device}")
-        if not p.is_contiguous() or not g.is_contiguous():
+        if not _local(p).is_contiguous() or not _local(g).is_contiguous():
             raise ValueError(f"{self._name(p)}: the parameter and its grad must be contiguous")
 
     def _live(self) -> Tuple[List[List[torch.Tensor]], Tuple]:
         """Parameters with a grad, per group, and the key of their storage."""
         with_grad = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
-        key = tuple((id(p), p.data_ptr()) for params in with_grad for p in params)
+        key = tuple((id(p), _local(p).data_ptr()) for params in with_grad for p in params)
         return with_grad, key
 
     def _plan(self, with_grad: List[List[torch.Tensor]]) -> None:
@@ -176,8 +205,13 @@ class _Adapter(torch.optim.Optimizer):
                 by_class.setdefault(cls, []).append((gi, step, ps, hyper))
         inners = []
         for cls, entries in by_class.items():
-            groups = [{"params": [p.detach() for p in ps], **hyper} for _, _, ps, hyper in entries]
+            groups = [{"params": [_local(p).detach() for p in ps], **hyper}
+                      for _, _, ps, hyper in entries]
             native = cls(groups, **self._options)
+            mesh_groups = {id(p.device_mesh): p.device_mesh for _, _, ps, _ in entries for p in ps
+                           if _DTENSOR is not None and isinstance(p, _DTENSOR)}
+            if mesh_groups:
+                native._reduce_sum_squares = _all_reduce_over(list(mesh_groups.values()))
             steps = []
             index = 0
             for k, (gi, step, ps, _) in enumerate(entries):
@@ -198,7 +232,7 @@ class _Adapter(torch.optim.Optimizer):
                                                  f"{saved.numel()} elements, expected "
                                                  f"{buf.numel()}")
                             buf.copy_(saved.reshape(buf.shape).to(buf.dtype))
-                        state[tname] = buf.view(p.shape)
+                        state[tname] = buf.view(_local(p).shape)
                     state["step"] = step_tensor
                     self.state[p] = state
                     index += 1
@@ -211,8 +245,11 @@ class _Adapter(torch.optim.Optimizer):
         for inner in inners:
             inner.index = np.array([position[id(p)] for _, ps in inner.groups for p in ps],
                                    dtype=np.intp)
-        self._gather = _core.TensorGather(flat, [p.data_ptr() for p in flat],
-                                          [id(p) in planned for p in flat])
+        if _DTENSOR is not None and any(isinstance(p, _DTENSOR) for p in flat):
+            self._gather = _NoGather()  # DTensor: the Python path reads the local shards
+        else:
+            self._gather = _core.TensorGather(flat, [p.data_ptr() for p in flat],
+                                              [id(p) in planned for p in flat])
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
@@ -243,7 +280,7 @@ class _Adapter(torch.optim.Optimizer):
                 if bad >= 0:
                     inner_ptrs = None
             if inner_ptrs is None:
-                grads = [p.grad for _, ps in inner.groups for p in ps]
+                grads = [_local(p.grad) for _, ps in inner.groups for p in ps]
                 for _, ps in inner.groups:
                     for p in ps:
                         self._check_param(p)
@@ -289,6 +326,19 @@ class _Adapter(torch.optim.Optimizer):
         if not self._inners:
             raise RuntimeError(f"{type(self).__name__}: no step has been taken yet")
         return self._inners
+
+
+def _all_reduce_over(meshes: List[Any]) -> Callable[[float], float]:
+    """Σg² of the local shards summed over every rank of the meshes' groups (the global
+    norm that max_grad_norm clips by, as torch's clip_grad_norm_ computes it for DTensors)."""
+    def reduce(total: float) -> float:
+        import torch.distributed as dist
+        value = torch.tensor([total], dtype=torch.float64)
+        for mesh in meshes:
+            for dim in range(mesh.ndim):
+                dist.all_reduce(value, group=mesh.get_group(dim))
+        return float(value.item())
+    return reduce
 
 
 def _common(group: Dict[str, Any]) -> Dict[str, Any]:

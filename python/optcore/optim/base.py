@@ -374,6 +374,7 @@ class Optimizer:
             plan = self._plan(gi, self.rule_for(self.param_groups[gi]), self._group_states[gi],
                               main=True)
             total += plan.grad_sum_squares(self._slice(grad_ptrs, gi))
+        total = self._reduce_sum_squares(total)
         norm = float(np.sqrt(total)) * inv_scale
         if not np.isfinite(norm):
             self.skipped_steps += 1
@@ -383,6 +384,11 @@ class Optimizer:
         if self.max_grad_norm is None:
             return inv_scale
         return inv_scale * min(1.0, self.max_grad_norm / (norm + 1e-6))
+
+    @staticmethod
+    def _reduce_sum_squares(total: float) -> float:
+        """Σg² over all the gradients the norm covers; a sharded wrapper sums it over ranks."""
+        return total
 
     def _next_average_weight(self) -> float:
         if self._averages is None:
