@@ -30,12 +30,17 @@ is skipped on that step (its state and step count untouched); freezing,
 unfreezing, ``add_param_group`` and storage rebound between steps
 (``p.data = ...``, ``load_state_dict(assign=True)``, ``.to()``) are noticed at
 the next step, which re-plans over the live storage and carries the state over.
+Under ``torch.compile(..., fullgraph=True)`` the step is one custom op
+(``optcore::torch_step``, with a fake implementation) that reads the
+hyper-parameters when it runs: an lr scheduler changing lr does not recompile.
 DTensor parameters (FSDP2's ``fully_shard``) are stepped on their local shards;
 ``max_grad_norm`` (book-rule classes) then clips by the norm summed over the ranks.
 This module imports torch; the rest of optcore never does.
 """
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -86,6 +91,53 @@ class _Inner:
         self.index = np.zeros(0, dtype=np.intp)  # positions of its params in the gather order
 
 
+_OPTIMIZERS: "weakref.WeakValueDictionary[int, _Adapter]" = weakref.WeakValueDictionary()
+_NEXT_HANDLE = itertools.count(1)
+
+
+def _register(opt: "_Adapter") -> int:
+    handle = next(_NEXT_HANDLE)
+    _OPTIMIZERS[handle] = opt
+    return handle
+
+
+@torch.library.custom_op("optcore::torch_step", mutates_args=("params",))
+def _torch_step(handle: int, params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+    """One step of the optcore.torch optimizer ``handle`` (the op torch.compile records).
+
+    ``params`` are that optimizer's parameters with a grad, in group order, or copies of
+    them (functionalization): copies are stepped through the optimizer's own parameters
+    and written back, so the op mutates exactly the tensors it is given."""
+    opt = _OPTIMIZERS.get(handle)
+    if opt is None:
+        raise RuntimeError(f"optcore::torch_step: optimizer {handle} no longer exists")
+    own = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if len(own) != len(params):
+        raise RuntimeError(f"optcore::torch_step: {len(params)} tensors for "
+                           f"{len(own)} parameters with a grad")
+    swapped = []
+    with torch.no_grad():
+        for p, q, g in zip(own, params, grads):
+            if q is not p:
+                p.copy_(q)
+            if g is not p.grad:
+                swapped.append((p, p.grad))
+                p.grad = g
+        try:
+            opt._eager_step()
+        finally:
+            for p, grad in swapped:
+                p.grad = grad
+        for p, q in zip(own, params):
+            if q is not p:
+                q.copy_(p)
+
+
+@_torch_step.register_fake
+def _torch_step_fake(handle: int, params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+    return None
+
+
 class _NoGather:
     """Stands in for _core.TensorGather where the C++ pass cannot read the storage (DTensor)."""
 
@@ -115,9 +167,11 @@ class _Adapter(torch.optim.Optimizer):
         self._inners: List[_Inner] = []
         self._key: Optional[Tuple] = None
         self._gather: Any = None  # _core.TensorGather over the current plan, None to re-plan
+        self._handle = _register(self)  # how the torch.compile custom op finds this optimizer
         super().__init__(params, defaults)
         for gi, group in enumerate(self.param_groups):
             self._check_group(group, gi)
+        self._param_lists = [g["params"] for g in self.param_groups]
 
     # -- subclass hook
     def _native(self, group: Dict[str, Any]) -> Tuple[type, Dict[str, Any]]:
@@ -135,6 +189,7 @@ class _Adapter(torch.optim.Optimizer):
             self._check_group(self.param_groups[-1], len(self.param_groups) - 1)
         self._key = None
         self._gather = None
+        self._param_lists = [g["params"] for g in self.param_groups]
 
     def _check_group(self, group: Dict[str, Any], gi: int) -> None:
         """Range checks of a group's hyper-parameters, as torch.optim does at construction."""
@@ -255,9 +310,25 @@ class _Adapter(torch.optim.Optimizer):
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One update from ``p.grad``; ``closure`` re-evaluates the loss as in torch.optim."""
         loss = None
+        self._opt_called = True  # what an lr scheduler's step wrapper would record (see below)
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():
+            # Under torch.compile the step is one opaque custom op (fake: no-op); it reads the
+            # hyper-parameters when it runs, so an lr scheduler causes no recompile.
+            # The group dicts are not read here: dynamo would guard on their values (lr).
+            params = [p for ps in self._param_lists for p in ps if p.grad is not None]
+            torch.ops.optcore.torch_step(self._handle, params, [p.grad for p in params])
+            return loss
+        self._eager_step()
+        return loss
+
+    # lr schedulers wrap an optimizer's step to note that it was called; that wrapper lives in
+    # a file torch.compile will not trace. This step notes it itself (_opt_called above).
+    step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+
+    def _eager_step(self) -> None:
         ptrs = None if self._gather is None else self._gather.gather()
         if ptrs is None:
             # Something changed (a grad appeared or went, storage was rebound, a group was
@@ -269,7 +340,7 @@ class _Adapter(torch.optim.Optimizer):
                 self._key = key
                 ptrs = self._gather.gather()
         if not self._inners:
-            return loss
+            return
         # Check every gradient of every native optimizer before any of them writes.
         checked = []
         for inner in self._inners:
@@ -292,7 +363,6 @@ class _Adapter(torch.optim.Optimizer):
             inner.native._step_checked(inner_ptrs, scalars)
             for step_tensor, count in zip(inner.steps, inner.native._steps):
                 step_tensor.fill_(float(count))
-        return loss
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
@@ -314,6 +384,7 @@ class _Adapter(torch.optim.Optimizer):
             self.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v
                              for k, v in entry.items()}
         self._key, self._gather = None, None  # the next step re-plans over the loaded state
+        self._param_lists = [g["params"] for g in self.param_groups]
 
     def averaged_params(self) -> List[torch.Tensor]:
         return [a for inner in self._require_inner() for a in inner.native.averaged_params()]
