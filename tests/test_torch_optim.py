@@ -1,129 +1,335 @@
-"""optcore.torch: drop-in torch.optim.Optimizer subclasses, on a real model's backward
-pass, against torch.optim with the same conventions."""
-import numpy as np
+"""optcore.torch as a drop-in for torch.optim: torch's signatures and defaults, every
+configuration of torch's own optimizer tests (common_optimizers.optim_db) on a small
+network, parameters that change between steps, bad input, state dicts both ways."""
+from __future__ import annotations
+
+import copy
+import inspect
+
 import pytest
 
 torch = pytest.importorskip("torch")
 import optcore.torch as ot  # noqa: E402
 
+TORCH_NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta"]
+STEPS = 12
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}
 
-def _model(seed):
+
+def _model(seed: int, dtype=torch.float64) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(13, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                               torch.nn.Linear(8, 3)).to(dtype)
 
 
-def _data(seed, n=64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 13, generator=g), torch.randint(0, 3, (n,), generator=g)
+def _batch(k: int, dtype):
+    gen = torch.Generator().manual_seed(1000 + k)
+    return (torch.randn(16, 6, generator=gen).to(dtype),
+            torch.randn(16, 3, generator=gen).to(dtype))
 
 
-CASES = [
-    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
-     lambda p: ot.Momentum(p, lr=0.05, momentum=0.9, convention="torch")),
-    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
-     lambda p: ot.Nesterov(p, lr=0.05, momentum=0.9, convention="torch")),
-    (lambda p: torch.optim.SGD(p, lr=0.05), lambda p: ot.SGD(p, lr=0.05)),
-    (lambda p: torch.optim.Adam(p, lr=1e-2), lambda p: ot.Adam(p, lr=1e-2)),
-    (lambda p: torch.optim.Adagrad(p, lr=0.05, eps=1e-7), lambda p: ot.AdaGrad(p, lr=0.05)),
-    (lambda p: torch.optim.RMSprop(p, lr=1e-3, alpha=0.9, eps=1e-6),
-     lambda p: ot.RMSProp(p, lr=1e-3, rho=0.9, eps=1e-6, convention="torch")),
-    (lambda p: torch.optim.Adadelta(p, lr=1.0, rho=0.95, eps=1e-6), lambda p: ot.AdaDelta(p)),
-]
-
-
-def _train(make_opt, seed, steps=25, scheduler=True):
-    model = _model(seed)
-    opt = make_opt(model.parameters())
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.5) if scheduler else None
-    x, y = _data(seed)
-    losses = []
-    for _ in range(steps):
+def _train(model, opt, steps=STEPS, between=None):
+    dtype = next(model.parameters()).dtype
+    for k in range(steps):
+        if between is not None:
+            between(k, model, opt)
+        x, y = _batch(k, dtype)
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
+        torch.nn.functional.mse_loss(model(x), y).backward()
         opt.step()
-        if sched:
-            sched.step()
-        losses.append(loss.item())
-    return model, opt, losses
+    return model
 
 
-@pytest.mark.parametrize("case", range(len(CASES)))
-def test_trajectory_matches_torch_optim(case):
-    make_torch, make_ours = CASES[case]
-    seed = 1234 + case
-    m_t, _, l_t = _train(make_torch, seed)
-    m_o, _, l_o = _train(make_ours, seed)
-    np.testing.assert_allclose(l_o, l_t, rtol=1e-4)
-    for a, b in zip(m_o.parameters(), m_t.parameters()):
-        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-4, atol=1e-5)
+def _assert_same_params(ma, mb, dtype, what=""):
+    for (name, a), b in zip(ma.named_parameters(), mb.parameters()):
+        torch.testing.assert_close(b, a, **TOL[dtype], msg=lambda m: f"{what} {name}: {m}")
 
 
-def test_state_dict_is_torch_layout_and_moves_both_ways():
-    seed = 7
-    _, opt_t, _ = _train(lambda p: torch.optim.Adam(p, lr=1e-2), seed, steps=5, scheduler=False)
-    _, opt_o, _ = _train(lambda p: ot.Adam(p, lr=1e-2), seed, steps=5, scheduler=False)
-    sd_t, sd_o = opt_t.state_dict(), opt_o.state_dict()
-    assert set(sd_o["state"]) == set(sd_t["state"])
-    for i in sd_t["state"]:
-        assert set(sd_o["state"][i]) == set(sd_t["state"][i]) == {"step", "exp_avg", "exp_avg_sq"}
-        assert float(sd_o["state"][i]["step"]) == 5.0
-        np.testing.assert_allclose(sd_o["state"][i]["exp_avg"].numpy(),
-                                   sd_t["state"][i]["exp_avg"].numpy(), rtol=1e-4, atol=1e-7)
-    # torch -> optcore: continue a torch run with optcore and compare with torch continuing.
-    model_a = _model(99)
-    model_b = _model(99)
-    x, y = _data(99)
-    ta = torch.optim.Adam(model_a.parameters(), lr=1e-2)
-    for _ in range(4):
-        ta.zero_grad()
-        torch.nn.functional.cross_entropy(model_a(x), y).backward()
-        ta.step()
-    model_b.load_state_dict(model_a.state_dict())
-    ob = ot.Adam(model_b.parameters(), lr=1e-2)
-    ob.load_state_dict(ta.state_dict())
-    for _ in range(4):
-        for m, o in ((model_a, ta), (model_b, ob)):
-            o.zero_grad()
-            torch.nn.functional.cross_entropy(m(x), y).backward()
-            o.step()
-    for a, b in zip(model_a.parameters(), model_b.parameters()):
-        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6)
-    # optcore -> torch: torch.optim.Adam accepts our state dict and steps independently.
-    tc = torch.optim.Adam(_model(99).parameters(), lr=1e-2)
-    tc.load_state_dict(ob.state_dict())
-    steps = [float(s["step"]) for s in tc.state_dict()["state"].values()]
-    assert steps == [8.0] * len(steps)
+# ---------------------------------------------------------------- signatures
+
+@pytest.mark.parametrize("name", TORCH_NAMES + ["LBFGS"])
+def test_signature_is_torch_optims(name):
+    if not hasattr(ot, name):
+        pytest.skip(f"optcore.torch.{name} is not implemented")
+    mine = inspect.signature(getattr(ot, name).__init__).parameters
+    theirs = inspect.signature(getattr(torch.optim, name).__init__).parameters
+    assert list(mine) == list(theirs)
+    for key, p in theirs.items():
+        assert (mine[key].kind, mine[key].default) == (p.kind, p.default), key
 
 
-def test_refuses_torch_options_it_does_not_implement():
-    model = _model(3)
-    ta = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=0.1)
-    ob = ot.Adam(model.parameters(), lr=1e-2)
-    with pytest.raises(ValueError, match="weight_decay"):
-        ob.load_state_dict(ta.state_dict())
+# ---------------------------------------------------------------- torch's own test inputs
+
+def _optim_inputs():
+    common = pytest.importorskip("torch.testing._internal.common_optimizers",
+                                 reason="torch's optimizer test inputs need expecttest")
+    cases = []
+    for info in common.optim_db:
+        name = info.optim_cls.__name__
+        if name not in TORCH_NAMES:
+            continue
+        for dtype in (torch.float32, torch.float64):
+            for oi in info.optim_inputs_func(device="cpu", dtype=dtype):
+                cases.append((name, dtype, oi.kwargs, oi.desc))
+    return cases
 
 
-def test_skips_params_without_grad_and_refuses_a_changing_set():
-    model = _model(5)
-    model[0].weight.requires_grad_(False)
+def test_optim_db_covers_every_configuration():
+    cases = _optim_inputs()
+    assert len(cases) >= 2 * 40  # 40 CPU configurations of the six classes in torch 2.13
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", TORCH_NAMES)
+def test_trajectory_matches_torch_on_optim_db_inputs(name, dtype):
+    cases = [c for c in _optim_inputs() if c[0] == name and c[1] == dtype]
+    assert cases
+    for _, _, kwargs, desc in cases:
+        ma, mb = _model(3, dtype), _model(3, dtype)
+        opt_a = getattr(torch.optim, name)(ma.parameters(), **copy.deepcopy(kwargs))
+        opt_b = getattr(ot, name)(mb.parameters(), **copy.deepcopy(kwargs))
+        _train(ma, opt_a)
+        _train(mb, opt_b)
+        _assert_same_params(ma, mb, dtype, f"{name}({desc})")
+
+
+@pytest.mark.parametrize("name", TORCH_NAMES)
+def test_defaults_and_scheduler_and_groups(name):
+    """Default arguments, two param groups with their own lr, and an lr scheduler."""
+    def build(cls, model):
+        groups = [{"params": model[0].parameters()},
+                  {"params": model[2].parameters(), "lr": 0.02}]
+        opt = cls(groups)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+
+    ma, mb = _model(4), _model(4)
+    (opt_a, sa), (opt_b, sb) = build(getattr(torch.optim, name), ma), build(getattr(ot, name), mb)
+    _train(ma, opt_a, between=lambda k, m, o: k and sa.step())
+    _train(mb, opt_b, between=lambda k, m, o: k and sb.step())
+    _assert_same_params(ma, mb, torch.float64, name)
+
+
+# ---------------------------------------------------------------- parameters that change
+
+def _both(name, kwargs, between, dtype=torch.float64):
+    ma, mb = _model(5, dtype), _model(5, dtype)
+    opt_a = getattr(torch.optim, name)(ma.parameters(), **kwargs)
+    opt_b = getattr(ot, name)(mb.parameters(), **kwargs)
+    _train(ma, opt_a, between=between)
+    _train(mb, opt_b, between=between)
+    _assert_same_params(ma, mb, dtype, name)
+    return (ma, opt_a), (mb, opt_b)
+
+
+FREEZE_CASES = [("Adam", dict(lr=1e-2)), ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3)),
+                ("RMSprop", dict(lr=1e-2, centered=True, momentum=0.5)),
+                ("Adagrad", dict(lr=0.05, lr_decay=0.1)), ("AdamW", dict(lr=1e-2))]
+
+
+@pytest.mark.parametrize("name,kwargs", FREEZE_CASES, ids=[c[0] for c in FREEZE_CASES])
+def test_freezing_and_unfreezing_a_layer(name, kwargs):
+    def between(k, model, opt):
+        frozen = 3 <= k < 7
+        for p in model[0].parameters():
+            p.requires_grad_(not frozen)
+            if frozen:
+                p.grad = None
+    _both(name, kwargs, between)
+
+
+@pytest.mark.parametrize("name,kwargs", FREEZE_CASES, ids=[c[0] for c in FREEZE_CASES])
+def test_grad_none_on_some_steps(name, kwargs):
+    """A grad set to None (not frozen: the zero_grad of another optimizer) skips the step."""
+    def between(k, model, opt):
+        if k in (2, 5, 6):
+            orig = opt.step
+
+            def step_without_bias(closure=None):
+                model[2].bias.grad = None
+                opt.step = orig
+                return orig(closure)
+            opt.step = step_without_bias
+    _both(name, kwargs, between)
+
+
+def test_add_param_group_after_steps():
+    def between(k, model, opt):
+        if k == 0:
+            for p in model[2].parameters():
+                p.requires_grad_(False)
+        if k == 4:
+            for p in model[2].parameters():
+                p.requires_grad_(True)
+            opt.add_param_group({"params": list(model[2].parameters()), "lr": 0.03})
+
+    def run(cls, model):
+        opt = cls(model[0].parameters(), lr=1e-2, amsgrad=True)
+        _train(model, opt, between=between)
+        return model
+
+    ma, mb = _model(6), _model(6)
+    _assert_same_params(run(torch.optim.Adam, ma), run(ot.Adam, mb), torch.float64)
+
+
+def test_storage_rebound_between_steps_follows_the_new_storage():
+    old_storage = {}
+
+    def between(k, model, opt):
+        if k == 4:
+            for i, p in enumerate(model.parameters()):
+                old = p.data
+                p.data = p.data.clone()  # what load_state_dict(assign=True) and .to() do
+                old_storage.setdefault(id(opt), []).append((old, old.clone()))
+
+    (ma, oa), (mb, ob) = _both("Adam", dict(lr=1e-2, weight_decay=0.1), between)
+    for old, snapshot in old_storage[id(ob)]:
+        assert torch.equal(old, snapshot), "a step wrote to storage the parameter no longer owns"
+
+
+# ---------------------------------------------------------------- state dicts
+
+def test_state_dict_moves_both_ways():
+    ma, mb = _model(7), _model(7)
+    oa = torch.optim.Adam(ma.parameters(), lr=1e-2, amsgrad=True, weight_decay=0.1)
+    ob = ot.Adam(mb.parameters(), lr=1e-2, amsgrad=True, weight_decay=0.1)
+    _train(ma, oa, steps=4)
+    _train(mb, ob, steps=4)
+    sa, sb = oa.state_dict(), ob.state_dict()
+    assert set(sa["state"][0]) == set(sb["state"][0]) == {"step", "exp_avg", "exp_avg_sq",
+                                                            "max_exp_avg_sq"}
+    # swap: each continues from the other's state
+    oa.load_state_dict(sb)
+    ob.load_state_dict(sa)
+    _train(ma, oa, steps=4)
+    _train(mb, ob, steps=4)
+    _assert_same_params(ma, mb, torch.float64)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_differentiable_is_refused_and_implementation_flags_accepted():
+    params = _model(1).parameters()
+    with pytest.raises(ValueError, match="differentiable"):
+        ot.Adam(params, differentiable=True)
+    ot.Adam(_model(1).parameters(), foreach=True, fused=False, capturable=True)
+    ot.SGD(_model(1).parameters(), foreach=False, fused=True)
+    with pytest.raises(TypeError):
+        ot.Adam(_model(1).parameters(), not_an_option=1)
+
+
+def test_bad_input_names_the_parameter_and_changes_nothing():
+    model = _model(8)
     opt = ot.Adam(model.parameters(), lr=1e-2)
-    x, y = _data(5)
-    frozen = model[0].weight.detach().clone()
-    for _ in range(2):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+    _train(model, opt, steps=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    state_before = copy.deepcopy(opt.state_dict())
+    params = list(model.parameters())
+    params[0].grad = torch.ones_like(params[0]).to_sparse()
+    params[1].grad = torch.ones_like(params[1])
+    with pytest.raises(RuntimeError, match=r"param_groups\[0\]\['params'\]\[0\].*sparse"):
         opt.step()
-    assert torch.equal(model[0].weight, frozen)
-    model[0].weight.requires_grad_(True)
-    opt.zero_grad()
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    with pytest.raises(RuntimeError, match="changed"):
+    params[0].grad = torch.ones(params[0].shape[::-1], dtype=params[0].dtype).t()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\].*contiguous"):
         opt.step()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+    after = opt.state_dict()
+    for i, entry in state_before["state"].items():
+        for k, v in entry.items():
+            assert torch.equal(after["state"][i][k], v)
+
+
+def test_complex_and_mixed_device_parameters_are_refused():
+    z = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+    z.grad = torch.ones_like(z)
+    opt = ot.SGD([z], lr=0.1)
+    with pytest.raises(TypeError, match="complex"):
+        opt.step()
+    a = torch.zeros(3, requires_grad=True)
+    b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt = ot.Adam([a, b], lr=0.1)  # mixed dtypes in one group: each follows its own
+    opt.step()
+    assert torch.all(a < 0) and torch.all(b < 0)
 
 
 def test_bad_hyper_parameters_raise_at_construction():
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError):
         ot.Adam(_model(1).parameters(), lr=-1.0)
-    with pytest.raises(ValueError, match="betas"):
+    with pytest.raises(ValueError):
         ot.Adam(_model(1).parameters(), betas=(0.9, 1.5))
+    with pytest.raises(ValueError, match="nesterov"):
+        ot.SGD(_model(1).parameters(), lr=0.1, nesterov=True)
+
+
+# ---------------------------------------------------------------- the book's rules
+
+def test_book_rules_under_their_own_names():
+    for cls, kwargs in [(ot.Momentum, dict(lr=0.05)), (ot.Nesterov, dict(lr=0.05)),
+                        (ot.RMSPropNesterov, dict(lr=1e-3)), (ot.DeltaBarDelta, dict(lr=0.01))]:
+        model = _model(9)
+        before = [p.detach().clone() for p in model.parameters()]
+        _train(model, cls(model.parameters(), **kwargs), steps=3)
+        assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    # torch's momentum convention is torch.optim.SGD's trajectory
+    ma, mb = _model(10), _model(10)
+    _train(ma, torch.optim.SGD(ma.parameters(), lr=0.05, momentum=0.9))
+    _train(mb, ot.Momentum(mb.parameters(), lr=0.05, momentum=0.9, convention="torch"))
+    _assert_same_params(ma, mb, torch.float64)
+
+
+# ---------------------------------------------------------------- LBFGS
+
+def _lbfgs_inputs():
+    common = pytest.importorskip("torch.testing._internal.common_optimizers",
+                                 reason="torch's optimizer test inputs need expecttest")
+    info = next(i for i in common.optim_db if i.optim_cls.__name__ == "LBFGS")
+    return [(dtype, oi.kwargs, oi.desc) for dtype in (torch.float32, torch.float64)
+            for oi in info.optim_inputs_func(device="cpu", dtype=dtype)]
+
+
+@pytest.fixture
+def one_torch_thread():
+    # torch.optim.LBFGS's many tiny vector ops crawl when two threads share two busy cores
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_lbfgs_reaches_a_loss_no_higher_than_torch(dtype, one_torch_thread):
+    """Every LBFGS configuration of torch's optim_db: after the same number of
+    step(closure) calls the loss is no higher than torch.optim.LBFGS's."""
+    gen = torch.Generator().manual_seed(11)
+    x, y = torch.randn(32, 6, generator=gen).to(dtype), torch.randn(32, 3, generator=gen).to(dtype)
+    cases = [c for c in _lbfgs_inputs() if c[0] == dtype]
+    assert len(cases) >= 5
+    for _, kwargs, desc in cases:
+        losses, firsts = [], []
+        for cls in (torch.optim.LBFGS, ot.LBFGS):
+            model = _model(3, dtype)
+            opt = cls(model.parameters(), **copy.deepcopy(kwargs))
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+            firsts.append(float(opt.step(closure)))
+            for _ in range(4):
+                opt.step(closure)
+            with torch.no_grad():
+                losses.append(float(torch.nn.functional.mse_loss(model(x), y)))
+        assert firsts[1] == pytest.approx(firsts[0], rel=1e-6), desc  # the loss at the start
+        assert losses[1] <= losses[0] * (1 + 1e-6), f"LBFGS({desc}): {losses}"
+
+
+def test_lbfgs_refuses_groups_and_unknown_line_search():
+    model = _model(1)
+    with pytest.raises(ValueError, match="line_search_fn"):
+        ot.LBFGS(model.parameters(), line_search_fn="armijo")
+    with pytest.raises(ValueError, match="parameter groups"):
+        ot.LBFGS([{"params": model[0].parameters()}, {"params": model[2].parameters()}])
+    with pytest.raises(TypeError, match="closure"):
+        ot.LBFGS(model.parameters()).step(None)

@@ -14,11 +14,12 @@ struct RuleTraitsRow {
   int states;
   bool reads_grad;
   const char* name;
+  const char* scalars;  // the rule's kScalars: names of v[1], v[2], ... in order
 };
 
 inline const RuleTraitsRow& rule_traits(int rule) {
   static const RuleTraitsRow table[kRuleCount] = {
-#define OPTCORE_TRAITS_ROW(id, Rule) {RuleInfo<Rule>::states, RuleInfo<Rule>::reads_grad, #Rule},
+#define OPTCORE_TRAITS_ROW(id, Rule) {RuleInfo<Rule>::states, RuleInfo<Rule>::reads_grad, #Rule, Rule<float>::kScalars},
       OPTCORE_FOR_EACH_RULE(OPTCORE_TRAITS_ROW)
 #undef OPTCORE_TRAITS_ROW
   };

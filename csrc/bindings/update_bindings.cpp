@@ -236,8 +236,21 @@ void bind_update(py::module_& m) {
   m.def("rule_state_count", [](int rule) { return rule_traits(rule).states; });
   m.def("rule_reads_grad", [](int rule) { return rule_traits(rule).reads_grad; });
   m.def("rule_name", [](int rule) { return std::string(rule_traits(rule).name); });
+  m.def("rule_table", []() {
+    // One row per rule: the registry (optcore/optim/registry.py) builds on this.
+    py::list rows;
+    for (int id = 0; id < kRuleCount; ++id) {
+      const RuleTraitsRow& r = rule_traits(id);
+      rows.append(py::make_tuple(id, std::string(r.name), r.states, r.reads_grad,
+                                 std::string(r.scalars)));
+    }
+    return rows;
+  });
   m.attr("RULE_COUNT") = kRuleCount;
   m.attr("MAX_SCALARS") = kMaxScalars;
+  m.attr("AVERAGE_WEIGHT_SLOT") = int(kAverageWeight);
+  m.attr("L2_DECAY_SLOT") = int(kL2Decay);
+  m.attr("DECOUPLED_DECAY_SLOT") = int(kDecoupledDecay);
 
   py::class_<NumpyGradChecker>(m, "NumpyGradChecker")
       .def(py::init<const std::vector<int>&, const std::vector<std::vector<int64_t>>&,

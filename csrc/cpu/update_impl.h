@@ -23,7 +23,7 @@ template <template <class> class Rule, class T, class G, bool kAverage, bool kCo
 void run_chunk(const Rule<typename StorageTraits<T>::Math>& rule, T* theta_ptr,
                const G* grad_ptr, void* const* states,
                typename StorageTraits<T>::State* __restrict average, G* copy_ptr,
-               int64_t n, typename StorageTraits<T>::Math grad_multiplier,
+               int64_t n, const OptionScalars<typename StorageTraits<T>::Math>& options,
                typename StorageTraits<T>::Math average_weight) {
   using Traits = StorageTraits<T>;
   using GTraits = StorageTraits<G>;
@@ -41,7 +41,9 @@ void run_chunk(const Rule<typename StorageTraits<T>::Math>& rule, T* theta_ptr,
   for (int64_t i = 0; i < n; ++i) {
     M th = Traits::decode(theta[i]);
     M g = M(0);
-    if constexpr (kReadsGrad) g = M(GTraits::decode(grad[i])) * grad_multiplier;
+    // The options transform (optcore/step_scalars.h): one definition, this pass.
+    if constexpr (kReadsGrad) g = options.grad(M(GTraits::decode(grad[i])), th);
+    th = options.theta(th);
     M st[K > 0 ? K : 1];
     if constexpr (K > 0) st[0] = M(s0[i]);
     if constexpr (K > 1) st[1] = M(s1[i]);
@@ -73,7 +75,7 @@ void run_typed_chunk(const Rule<typename StorageTraits<T>::Math>& rule, const Pl
   S* average = t.average ? static_cast<S*>(t.average) + c.begin : nullptr;
   G* copy = t.model_copy ? static_cast<G*>(t.model_copy) + c.begin : nullptr;
   T* theta = static_cast<T*>(t.theta) + c.begin;
-  const M gmul = M(sc.v[kGradMultiplier]);
+  const OptionScalars<M> gmul(sc);
   const M weight = M(sc.v[kAverageWeight]);
   if constexpr (std::is_same_v<T, G>) {
     if (average) run_chunk<Rule, T, G, true, false>(rule, theta, g, states, average, nullptr, c.length, gmul, weight);

@@ -72,8 +72,8 @@ struct ChunkStreams {
 // The per-step constants the element loop uses besides the rule's own.
 template <class M>
 struct ElementScalars {
-  M grad_multiplier;  // 1/loss-scale times the global-norm clip factor
-  M average_weight;   // w of θ̂ ← θ̂ + w(θ − θ̂), eq. 8.39 (1/t for the uniform average)
+  OptionScalars<M> options;  // gradient multiplier, L2 and decoupled decay (step_scalars.h)
+  M average_weight;          // w of θ̂ ← θ̂ + w(θ − θ̂), eq. 8.39 (1/t for the uniform average)
 };
 
 // One element in registers, in the CPU executor's order (csrc/cpu/update_impl.h,
@@ -92,7 +92,8 @@ __device__ __forceinline__ void update_values(const Rule<MathOf<T>>& rule,
   constexpr int K = RuleInfo<Rule>::states;
   M th = Traits::load(theta);
   M g = M(0);
-  if constexpr (RuleInfo<Rule>::reads_grad) g = M(StorageTraits<G>::load(grad)) * k.grad_multiplier;
+  if constexpr (RuleInfo<Rule>::reads_grad) g = k.options.grad(M(StorageTraits<G>::load(grad)), th);
+  th = k.options.theta(th);
   M m[state_slots<K>()];
 #pragma unroll
   for (int s = 0; s < K; ++s) m[s] = M(st[s]);
@@ -234,10 +235,9 @@ __global__ void __launch_bounds__(kBlockSize)
   const void* const* grads = reinterpret_cast<const void* const*>(block + 1);
   const Rule<float> rule_f(scalars);
   const Rule<double> rule_d(scalars);
-  const double gmul = scalars.v[kGradMultiplier];
   const double weight = kExtras ? scalars.v[kAverageWeight] : 0.0;
-  const ElementScalars<float> k_f{float(gmul), float(weight)};
-  const ElementScalars<double> k_d{gmul, weight};
+  const ElementScalars<float> k_f{OptionScalars<float>(scalars), float(weight)};
+  const ElementScalars<double> k_d{OptionScalars<double>(scalars), weight};
   for (int64_t c = blockIdx.x; c < chunk_count; c += gridDim.x) {
     const PlanChunk chunk = chunks[c];
     const PlanTensor t = tensors[chunk.tensor];

@@ -27,12 +27,13 @@ from typing import Any, Iterator, List, Sequence
 
 import numpy as np
 
+from .optim.registry import kernel_rule
 from . import _arrays as A
 from . import _plans
 
 __all__ = ["Polyak", "EMA", "swapped"]
 
-RULE_LERP = 18  # csrc/optcore/rules/utility.h
+RULE_LERP = kernel_rule("LerpRule").id
 
 
 @contextlib.contextmanager

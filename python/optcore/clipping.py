@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Tuple
 
+from .optim.registry import kernel_rule
 from . import _arrays as A
 from . import _plans
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
-RULE_SCALE, RULE_CLAMP = 16, 17  # csrc/optcore/rules/utility.h
+RULE_SCALE, RULE_CLAMP = (kernel_rule(n).id for n in ("ScaleRule", "ClampRule"))
 _cache: Dict[Tuple, _plans.Plan] = {}
 
 

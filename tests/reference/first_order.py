@@ -263,6 +263,111 @@ class DeltaBarDelta(_Rule):
         return new
 
 
+class MomentumTorchDampened(_Rule):
+    """torch.optim.SGD(momentum=α, dampening=d): b ← g on the first step, then
+    b ← αb + (1−d)g; θ ← θ − εb (θ ← θ − ε(g + αb) with ``nesterov``)."""
+
+    state_names = ("v",)
+
+    def __init__(self, shape, lr=0.01, momentum=0.9, dampening=0.0, nesterov=False):
+        super().__init__(shape)
+        self.lr, self.momentum, self.dampening, self.nesterov = lr, momentum, dampening, nesterov
+        self.t = 0
+
+    def step(self, theta, g):
+        g = _f64(g)
+        self.t += 1
+        self.v = g.copy() if self.t == 1 else self.momentum * self.v + (1.0 - self.dampening) * g
+        direction = g + self.momentum * self.v if self.nesterov else self.v
+        return _f64(theta) - self.lr * direction
+
+
+class AdaGradTorch(_Rule):
+    """torch.optim.Adagrad: r starts at r₀; ε_t = ε/(1 + (t−1)d); r ← r + g⊙g;
+    θ ← θ − ε_t g/(√r + δ)."""
+
+    state_names = ("r",)
+
+    def __init__(self, shape, lr=0.01, eps=1e-10, lr_decay=0.0, initial_accumulator_value=0.0):
+        super().__init__(shape)
+        self.lr, self.eps, self.lr_decay = lr, eps, lr_decay
+        self.r = np.full(shape, float(initial_accumulator_value), F64)
+        self.t = 0
+
+    def step(self, theta, g):
+        g = _f64(g)
+        self.t += 1
+        clr = self.lr / (1.0 + (self.t - 1) * self.lr_decay)
+        self.r = self.r + g * g
+        return _f64(theta) - clr * g / (np.sqrt(self.r) + self.eps)
+
+
+class RMSPropTorchFull(_Rule):
+    """torch.optim.RMSprop(centered=C, momentum=μ): r ← ρr + (1−ρ)g⊙g;
+    C: ḡ ← ḡ + (1−ρ)(g − ḡ), a = √(r − ḡ⊙ḡ) + δ, else a = √r + δ;
+    μ > 0: b ← μb + g/a, θ ← θ − εb; else θ ← θ − εg/a."""
+
+    state_names = ("r", "b", "g_mean")
+
+    def __init__(self, shape, lr=1e-2, rho=0.99, eps=1e-8, centered=False, momentum=0.0):
+        super().__init__(shape)
+        self.lr, self.rho, self.eps, self.centered, self.mu = lr, rho, eps, centered, momentum
+
+    def step(self, theta, g):
+        g = _f64(g)
+        self.r = self.rho * self.r + (1.0 - self.rho) * g * g
+        if self.centered:
+            self.g_mean = self.g_mean + (1.0 - self.rho) * (g - self.g_mean)
+            a = np.sqrt(self.r - self.g_mean * self.g_mean) + self.eps
+        else:
+            a = np.sqrt(self.r) + self.eps
+        if self.mu > 0:
+            self.b = self.mu * self.b + g / a
+            return _f64(theta) - self.lr * self.b
+        return _f64(theta) - self.lr * g / a
+
+
+class AdamAmsgrad(Adam):
+    """AMSGrad (Reddi et al. 2018) as torch.optim.Adam(amsgrad=True):
+    r_max ← max(r_max, r); θ ← θ − ε ŝ/(√(r_max/(1−ρ₂ᵗ)) + δ)."""
+
+    state_names = ("s", "r", "r_max")
+
+    def step(self, theta, g):
+        g = _f64(g)
+        b1, b2 = self.betas
+        self.t += 1
+        self.s = b1 * self.s + (1.0 - b1) * g
+        self.r = b2 * self.r + (1.0 - b2) * g * g
+        self.r_max = np.maximum(self.r_max, self.r)
+        s_hat = self.s / (1.0 - b1 ** self.t)
+        return _f64(theta) - self.lr * s_hat / (np.sqrt(self.r_max / (1.0 - b2 ** self.t))
+                                                + self.eps)
+
+
+class WithOptions:
+    """The options every rule takes, around any reference rule (SPEC §8, torch.optim's order):
+    maximize: g ← −g; L2 weight decay: g ← g + λθ; decoupled weight decay (AdamW,
+    Loshchilov & Hutter 2019): θ ← θ − ελθ, ε the rule's ``lr``; then the rule."""
+
+    def __init__(self, rule, weight_decay=0.0, decoupled=False, maximize=False):
+        self.rule, self.weight_decay, self.decoupled, self.maximize = \
+            rule, weight_decay, decoupled, maximize
+
+    def __getattr__(self, name):
+        return getattr(self.rule, name)
+
+    def step(self, theta, g):
+        theta, g = _f64(theta), _f64(g)
+        if self.maximize:
+            g = -g
+        if self.decoupled:
+            theta = theta - self.rule.lr * self.weight_decay * theta
+        else:
+            g = g + self.weight_decay * theta
+        return self.rule.step(theta, g)
+
+
 #: optcore class name -> (book reference, torch-convention reference or None)
 BOOK = {
     "SGD": SGD, "Momentum": Momentum, "Nesterov": Nesterov, "AdaGrad": AdaGrad,

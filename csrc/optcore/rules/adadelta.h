@@ -7,6 +7,7 @@
 namespace optcore {
 
 template <class M> struct AdaDeltaRule {
+  static constexpr const char* kScalars = "lr rho one_minus_rho eps";
   static constexpr int kStates = 2;  // r, u
   M lr, rho, one_minus_rho, delta;
   OPTCORE_HD explicit AdaDeltaRule(const StepScalars& s)

@@ -6,6 +6,7 @@
 namespace optcore {
 
 template <class M> struct AdaGradRule {
+  static constexpr const char* kScalars = "lr eps";
   static constexpr int kStates = 1;  // r
   M lr, delta;
   OPTCORE_HD explicit AdaGradRule(const StepScalars& s) : lr(M(s.v[1])), delta(M(s.v[2])) {}

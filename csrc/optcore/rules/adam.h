@@ -10,6 +10,7 @@
 namespace optcore {
 
 template <class M> struct AdamRule {
+  static constexpr const char* kScalars = "step_size rho1 one_minus_rho1 rho2 one_minus_rho2 inv_sqrt_bc2 eps";
   static constexpr int kStates = 2;  // s, r
   M step_size, rho1, one_minus_rho1, rho2, one_minus_rho2, inv_sqrt_bc2, delta;
   OPTCORE_HD explicit AdamRule(const StepScalars& s)
@@ -21,6 +22,24 @@ template <class M> struct AdamRule {
     st[0] = m;
     st[1] = r;
     theta -= step_size * m / (OPTCORE_SQRT(r) * inv_sqrt_bc2 + delta);
+  }
+};
+
+// AMSGrad (Reddi et al. 2018), torch.optim.Adam(amsgrad=True): Adam with the
+// running maximum r_max ← max(r_max, r) in the denominator. One more state stream.
+template <class M> struct AdamAmsgradRule {
+  static constexpr const char* kScalars = "step_size rho1 one_minus_rho1 rho2 one_minus_rho2 inv_sqrt_bc2 eps";
+  static constexpr int kStates = 3;  // s, r, r_max
+  AdamRule<M> adam;
+  OPTCORE_HD explicit AdamAmsgradRule(const StepScalars& s) : adam(s) {}
+  OPTCORE_HD void operator()(M& theta, M g, M* st) const {
+    const M m = adam.rho1 * st[0] + adam.one_minus_rho1 * g;
+    const M r = adam.rho2 * st[1] + adam.one_minus_rho2 * g * g;
+    const M r_max = st[2] > r ? st[2] : r;
+    st[0] = m;
+    st[1] = r;
+    st[2] = r_max;
+    theta -= adam.step_size * m / (OPTCORE_SQRT(r_max) * adam.inv_sqrt_bc2 + adam.delta);
   }
 };
 

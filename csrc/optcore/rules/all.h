@@ -12,7 +12,9 @@
 
 namespace optcore {
 
-// Stable numbering: the Python layer names rules by these values.
+// Stable numbering. The Python layer looks rules up by name in this table
+// (optcore._core.rule_table()), never by number; each rule's kScalars names its
+// scalars v[1], v[2], ... in order, and Python passes them by those names.
 #define OPTCORE_FOR_EACH_RULE(X)             \
   X(0, SgdRule)                              \
   X(1, MomentumRule)                         \
@@ -32,9 +34,13 @@ namespace optcore {
   X(15, RestoreRule)                         \
   X(16, ScaleRule)                           \
   X(17, ClampRule)                           \
-  X(18, LerpRule)
+  X(18, LerpRule)                            \
+  X(19, AdamAmsgradRule)                     \
+  X(20, RmsPropCenteredRule)                 \
+  X(21, RmsPropMomentumRule)                 \
+  X(22, RmsPropCenteredMomentumRule)
 
-constexpr int kRuleCount = 19;
+constexpr int kRuleCount = 23;
 
 // Whether a rule reads the gradient (LookaheadRule does not).
 template <class R, class = void> struct RuleReadsGrad { static constexpr bool value = true; };

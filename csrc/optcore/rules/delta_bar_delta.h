@@ -12,6 +12,7 @@
 namespace optcore {
 
 template <class M> struct DeltaBarDeltaRule {
+  static constexpr const char* kScalars = "kappa one_minus_phi beta one_minus_beta";
   static constexpr int kStates = 2;  // η, d̄
   M kappa, one_minus_phi, beta, one_minus_beta;
   OPTCORE_HD explicit DeltaBarDeltaRule(const StepScalars& s)

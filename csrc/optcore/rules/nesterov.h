@@ -14,6 +14,7 @@
 namespace optcore {
 
 template <class M> struct NesterovRule {
+  static constexpr const char* kScalars = "lr momentum";
   static constexpr int kStates = 1;  // v
   M lr, alpha;
   OPTCORE_HD explicit NesterovRule(const StepScalars& s) : lr(M(s.v[1])), alpha(M(s.v[2])) {}
@@ -27,11 +28,13 @@ template <class M> struct NesterovRule {
 
 // torch.optim.SGD(nesterov=True): b ← αb + g; θ ← θ − ε(g + αb).
 template <class M> struct NesterovTorchRule {
+  static constexpr const char* kScalars = "lr momentum grad_weight";
   static constexpr int kStates = 1;
-  M lr, alpha;
-  OPTCORE_HD explicit NesterovTorchRule(const StepScalars& s) : lr(M(s.v[1])), alpha(M(s.v[2])) {}
+  M lr, alpha, c;  // c: as in MomentumTorchRule
+  OPTCORE_HD explicit NesterovTorchRule(const StepScalars& s)
+      : lr(M(s.v[1])), alpha(M(s.v[2])), c(M(s.v[3])) {}
   OPTCORE_HD void operator()(M& theta, M g, M* st) const {
-    const M b = alpha * st[0] + g;
+    const M b = alpha * st[0] + c * g;
     st[0] = b;
     theta -= lr * (g + alpha * b);
   }
@@ -40,6 +43,7 @@ template <class M> struct NesterovTorchRule {
 // Closure form, phase 1: saved ← θ; θ ← θ + αv.   States: v, saved.
 // Shared by RMSPropNesterov, whose velocity is passed as the first state.
 template <class M> struct LookaheadRule {
+  static constexpr const char* kScalars = "momentum";
   static constexpr int kStates = 2;
   static constexpr bool kReadsGrad = false;
   M alpha;
@@ -52,6 +56,7 @@ template <class M> struct LookaheadRule {
 
 // Closure form, phase 2 (g = ∇J(θ̃)): v ← αv − εg; θ ← saved + v.
 template <class M> struct NesterovApplyRule {
+  static constexpr const char* kScalars = "lr momentum";
   static constexpr int kStates = 2;  // v, saved
   M lr, alpha;
   OPTCORE_HD explicit NesterovApplyRule(const StepScalars& s) : lr(M(s.v[1])), alpha(M(s.v[2])) {}
@@ -65,6 +70,7 @@ template <class M> struct NesterovApplyRule {
 // Undo of LookaheadRule when the closure's gradients are refused: θ ← saved,
 // bit for bit, so a refused step leaves the parameters as they were.
 template <class M> struct RestoreRule {
+  static constexpr const char* kScalars = "";
   static constexpr int kStates = 1;  // saved
   static constexpr bool kReadsGrad = false;
   OPTCORE_HD explicit RestoreRule(const StepScalars&) {}

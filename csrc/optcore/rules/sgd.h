@@ -6,6 +6,7 @@
 namespace optcore {
 
 template <class M> struct SgdRule {
+  static constexpr const char* kScalars = "lr";
   static constexpr int kStates = 0;
   M lr;
   OPTCORE_HD explicit SgdRule(const StepScalars& s) : lr(M(s.v[1])) {}

@@ -8,6 +8,7 @@ namespace optcore {
 
 // θ ← aθ: rescales gradients in place for clip_grad_norm_ (g ← g·min(1, c/‖g‖)).
 template <class M> struct ScaleRule {
+  static constexpr const char* kScalars = "factor";
   static constexpr int kStates = 0;
   static constexpr bool kReadsGrad = false;
   M factor;
@@ -17,6 +18,7 @@ template <class M> struct ScaleRule {
 
 // θ ← clamp(θ, −c, c): clip by value (section 8.2.4). NaN stays NaN.
 template <class M> struct ClampRule {
+  static constexpr const char* kScalars = "bound";
   static constexpr int kStates = 0;
   static constexpr bool kReadsGrad = false;
   M bound;
@@ -30,6 +32,7 @@ template <class M> struct ClampRule {
 // (w = 1/t), for standalone averaging: "theta" is the average, "grad" the
 // parameter being averaged.
 template <class M> struct LerpRule {
+  static constexpr const char* kScalars = "weight";
   static constexpr int kStates = 0;
   M weight;
   OPTCORE_HD explicit LerpRule(const StepScalars& s) : weight(M(s.v[1])) {}

@@ -12,20 +12,21 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _arrays as A
-from .. import _plans
+from .. import _core, _plans
 from ..schedules import evaluate as evaluate_schedule
-
-# Rule ids: csrc/optcore/rules/all.h
-RULE_LOOKAHEAD = 5
-RULE_RESTORE = 15
+from . import registry
 
 Params = Any  # an array, a list of arrays, or a list of param-group dicts
+
+# Slots of the scalar block, from csrc/optcore/step_scalars.h (ScalarSlot)
+_SCALAR_SLOTS, _AVERAGE_WEIGHT = _core.MAX_SCALARS, _core.AVERAGE_WEIGHT_SLOT
+_L2_DECAY, _DECOUPLED_DECAY = _core.L2_DECAY_SLOT, _core.DECOUPLED_DECAY_SLOT
 
 
 class _GroupPlan:
     """The kernel plan of one group for one rule, plus its pointer bookkeeping."""
 
-    def __init__(self, rule: int, views: Sequence[A.View], states: Sequence[Sequence[Any]],
+    def __init__(self, rule: str, views: Sequence[A.View], states: Sequence[Sequence[Any]],
                  device: Tuple[str, int], masters: Optional[Sequence[Any]] = None,
                  averages: Optional[Sequence[Any]] = None):
         masters = list(masters) if masters is not None else [None] * len(views)
@@ -42,7 +43,7 @@ class _GroupPlan:
                        [A.view_of(a, "average").ptr for a in averages],
                        model_copies=copies if any(copies) else None)
         self.device = device
-        self.plan = _plans.Plan(rule, thetas, numels, dtypes, state_ptrs, device,
+        self.plan = _plans.Plan(registry.kernel_rule(rule).id, thetas, numels, dtypes, state_ptrs, device,
                                 views[0] if views else None, **options)
 
     def run(self, grad_ptrs: Optional[np.ndarray], scalars: List[float]) -> None:
@@ -80,6 +81,12 @@ class Optimizer:
     master_weights
         Keep float32 master copies of float16/bfloat16 parameters: the step
         updates the master and writes the rounded parameter in the same pass.
+    weight_decay, decoupled_weight_decay, maximize
+        Defaults of three per-group options every rule takes, applied around the
+        rule inside its one update pass (no extra pass, no extra bytes): L2 weight
+        decay g ← g + λθ (λ = ``weight_decay``), or with
+        ``decoupled_weight_decay=True`` θ ← θ − ελθ before the rule (Loshchilov &
+        Hutter 2019; AdamW); ``maximize`` ascends (g ← −g first, as torch.optim).
 
     Notes
     -----
@@ -92,15 +99,16 @@ class Optimizer:
     ``master_weights=`` stay sync-free and capturable.
     """
 
-    #: kernel rule id (csrc/optcore/rules/all.h) and state names, in kernel order
-    rule: int = -1
-    state_names: Tuple[str, ...] = ()
-    #: rule ids of the exact closure form (look-ahead state names, apply rule) or None
-    closure_rules: Optional[Tuple[Tuple[str, ...], int, Tuple[str, ...]]] = None
+    #: kernel rule (its name in csrc/optcore/rules/all.h; see registry.py)
+    rule: str = ""
+    #: the exact closure form: (look-ahead state names, apply rule, apply state names) or None
+    closure_rules: Optional[Tuple[Tuple[str, ...], str, Tuple[str, ...]]] = None
 
     def __init__(self, params: Params, defaults: Dict[str, Any], *,
                  max_grad_norm: Optional[float] = None, average: Optional[str] = None,
-                 average_decay: float = 0.999, master_weights: bool = False):
+                 average_decay: float = 0.999, master_weights: bool = False,
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+                 maximize: bool = False):
         if max_grad_norm is not None:
             max_grad_norm = A.require_range(max_grad_norm, "max_grad_norm", lo=0.0, lo_open=True)
         if average not in (None, "uniform", "ema"):
@@ -117,6 +125,8 @@ class Optimizer:
         self.last_grad_norm: Optional[float] = None
         self._averaged_steps = 0
         self.defaults = dict(defaults)
+        self.defaults.update(weight_decay=weight_decay,
+                             decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         self.param_groups: List[Dict[str, Any]] = []
         for gi, group in enumerate(self._normalize_groups(params)):
             merged = dict(self.defaults)
@@ -145,17 +155,20 @@ class Optimizer:
             _plans.require_cuda(names[0])
         A.require_no_overlap(self._views, names)
         for gi, group in enumerate(self.param_groups):
+            self._validate_options(group, f"param_groups[{gi}]")
             self._validate_static(group, f"param_groups[{gi}]")
             self.scalars(group, 1, f"param_groups[{gi}]")  # range checks of every hyper-parameter
+        # The state streams each group's rule keeps, fixed from here on.
+        self._group_states = [registry.state_names(self.rule_for(g)) for g in self.param_groups]
 
         # State: one flat buffer per (parameter, state name), float32 for 16-bit params.
         self._state_bufs: List[Dict[str, Any]] = []
         index = 0
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             for _ in group["params"]:
                 v = self._views[index]
                 bufs = {}
-                for name in self.state_names:
+                for name in self._group_states[gi]:
                     buf = A.empty_like_state(v, A.STATE_DTYPE[v.dtype], v.numel)
                     init = self.initial_state(name, group)
                     if init != 0.0:
@@ -185,16 +198,22 @@ class Optimizer:
         self._build_checks()
 
     # ------------------------------------------------------------------ subclass hooks
-    def rule_for(self, group: Dict[str, Any]) -> int:
-        """The kernel rule a group runs (differs by ``convention`` for some classes)."""
+    def rule_for(self, group: Dict[str, Any]) -> str:
+        """The kernel rule a group runs (differs by ``convention`` and options for some classes)."""
         return self.rule
+
+    @property
+    def state_names(self) -> Tuple[str, ...]:
+        """State buffer names of the first group's rule, kernel order (see registry.STATES)."""
+        return self._group_states[0]
 
     def initial_state(self, name: str, group: Dict[str, Any]) -> float:
         """Initial value of a state buffer (zero unless the algorithm says otherwise)."""
         return 0.0
 
-    def scalars(self, group: Dict[str, Any], step: int, where: str) -> List[float]:
-        """Check the group's hyper-parameters; return the kernel scalars for step ``step`` (≥1)."""
+    def scalars(self, group: Dict[str, Any], step: int, where: str) -> Dict[str, float]:
+        """Check the group's hyper-parameters; return the kernel scalars for step ``step`` (≥1)
+        by name (the rule's ``kScalars``; extra names are ignored)."""
         raise NotImplementedError
 
     def closure_scalars(self, group: Dict[str, Any], step: int, where: str):
@@ -263,10 +282,15 @@ class Optimizer:
         if grads is None:
             raise TypeError("step: grads is required (or pass closure=)")
         grad_ptrs = self._check_grads(grads)
-        group_scalars = self._all_scalars()
-        multiplier = self._grad_multiplier(grad_ptrs, inv_scale, grad_scale is not None)
+        self._step_checked(grad_ptrs, self._all_scalars(), inv_scale, grad_scale is not None)
+        return None
+
+    def _step_checked(self, grad_ptrs: np.ndarray, group_scalars: List[List[float]],
+                      inv_scale: float = 1.0, check_finite: bool = False) -> None:
+        """The step after the gradients (``grad_ptrs``) and scalars have been checked."""
+        multiplier = self._grad_multiplier(grad_ptrs, inv_scale, check_finite)
         if multiplier is None:
-            return None
+            return
         capturing = self._capturing()
         self._launch(group_scalars, multiplier,
                      lambda gi, plan, scalars: plan.run(self._slice(grad_ptrs, gi), scalars))
@@ -275,7 +299,6 @@ class Optimizer:
             self._captured = True
         else:
             self._advance()
-        return None
 
     def graph_step(self) -> None:
         """Take the next step as a replay of a CUDA graph that captured ``step(grads)``.
@@ -312,9 +335,9 @@ class Optimizer:
         """``call(gi, plan, scalars)`` for each group with that group's finished step scalars."""
         average_weight = self._next_average_weight()
         for gi, scalars in enumerate(group_scalars):
-            rule = self.rule_for(self.param_groups[gi])
-            call(gi, self._plan(gi, rule, self.state_names, main=True),
-                 self._finish_scalars(scalars, multiplier, average_weight))
+            group = self.param_groups[gi]
+            call(gi, self._plan(gi, self.rule_for(group), self._group_states[gi], main=True),
+                 self._finish_scalars(scalars, multiplier, average_weight, group))
 
     def _advance(self) -> None:
         for gi in range(len(self._steps)):
@@ -348,8 +371,10 @@ class Optimizer:
             return inv_scale
         total = 0.0
         for gi in range(len(self.param_groups)):
-            plan = self._plan(gi, self.rule_for(self.param_groups[gi]), self.state_names, main=True)
+            plan = self._plan(gi, self.rule_for(self.param_groups[gi]), self._group_states[gi],
+                              main=True)
             total += plan.grad_sum_squares(self._slice(grad_ptrs, gi))
+        total = self._reduce_sum_squares(total)
         norm = float(np.sqrt(total)) * inv_scale
         if not np.isfinite(norm):
             self.skipped_steps += 1
@@ -359,6 +384,11 @@ class Optimizer:
         if self.max_grad_norm is None:
             return inv_scale
         return inv_scale * min(1.0, self.max_grad_norm / (norm + 1e-6))
+
+    @staticmethod
+    def _reduce_sum_squares(total: float) -> float:
+        """Σg² over all the gradients the norm covers; a sharded wrapper sums it over ranks."""
+        return total
 
     def _next_average_weight(self) -> float:
         if self._averages is None:
@@ -372,11 +402,26 @@ class Optimizer:
             self._averaged_steps += 1
 
     @staticmethod
-    def _finish_scalars(scalars: List[float], multiplier: float, average_weight: float) -> List[float]:
-        out = list(scalars) + [0.0] * (12 - len(scalars))
-        out[0] = multiplier
-        out[11] = average_weight
+    def _finish_scalars(scalars: List[float], multiplier: float, average_weight: float,
+                        group: Dict[str, Any]) -> List[float]:
+        """The full scalar block (csrc/optcore/step_scalars.h): the rule's, then the slots of
+        the gradient multiplier, the average weight and the options."""
+        out = list(scalars) + [0.0] * (_SCALAR_SLOTS - len(scalars))
+        out[0] = -multiplier if group["maximize"] else multiplier
+        out[_AVERAGE_WEIGHT] = average_weight
+        decay = float(group["weight_decay"])
+        if group["decoupled_weight_decay"]:
+            out[_DECOUPLED_DECAY] = float(group["lr"]) * decay
+        else:
+            out[_L2_DECAY] = decay
         return out
+
+    @staticmethod
+    def _validate_options(group: Dict[str, Any], where: str) -> None:
+        A.require_range(group["weight_decay"], f"{where}['weight_decay']", lo=0.0)
+        for key in ("maximize", "decoupled_weight_decay"):
+            if not isinstance(group[key], bool):
+                raise TypeError(f"{where}['{key}']: expected a bool, got {group[key]!r}")
 
     def state_dict(self) -> Dict[str, Any]:
         """A host copy of the optimizer: hyper-parameters, step counts and state."""
@@ -426,6 +471,7 @@ class Optimizer:
                                  f"params, this optimizer has {len(mine['params'])}")
             merged = dict(mine)
             merged.update({k: v for k, v in saved.items() if k not in ("params", "step")})
+            self._validate_options(merged, f"state_dict param_groups[{gi}]")
             self._validate_static(merged, f"state_dict param_groups[{gi}]")
             self.scalars(merged, 1, f"state_dict param_groups[{gi}]")
             step = saved.get("step", 0)
@@ -492,7 +538,7 @@ class Optimizer:
             return None
         return ptrs[self._offsets[gi]:self._offsets[gi + 1]]
 
-    def _plan(self, gi: int, rule: int, names: Sequence[str], main: bool = False) -> _GroupPlan:
+    def _plan(self, gi: int, rule: str, names: Sequence[str], main: bool = False) -> _GroupPlan:
         """The cached plan of group ``gi`` for ``rule``; ``main`` plans also carry the averages."""
         key = (gi, rule, main)
         plan = self._plans.get(key)
@@ -515,8 +561,20 @@ class Optimizer:
         out = []
         for gi, group in enumerate(self.param_groups):
             self._apply_schedules(group, gi)
-            out.append(self.scalars(group, self._steps[gi] + 1, f"param_groups[{gi}]"))
+            out.append(self._group_scalars(gi, group, self._steps[gi] + 1))
         return out
+
+    def _group_scalars(self, gi: int, group: Dict[str, Any], step: int) -> List[float]:
+        """The rule's scalars of group ``gi`` packed in kernel order; checks first."""
+        where = f"param_groups[{gi}]"
+        self._validate_options(group, where)
+        rule = self.rule_for(group)
+        if registry.state_names(rule) != self._group_states[gi]:
+            raise ValueError(f"{where}: its options now select {rule}, whose state "
+                             f"{registry.state_names(rule)} differs from the "
+                             f"{self._group_states[gi]} built at construction; make a new "
+                             "optimizer to change that option")
+        return registry.pack(registry.kernel_rule(rule), self.scalars(group, step, where))
 
     def _apply_schedules(self, group: Dict[str, Any], gi: int) -> None:
         k = self._steps[gi]
@@ -580,13 +638,15 @@ class Optimizer:
         scalars = []
         for gi, group in enumerate(self.param_groups):
             self._apply_schedules(group, gi)
-            scalars.append(self.closure_scalars(group, self._steps[gi] + 1, f"param_groups[{gi}]"))
+            ahead, apply = self.closure_scalars(group, self._steps[gi] + 1, f"param_groups[{gi}]")
+            scalars.append((registry.pack(registry.kernel_rule("LookaheadRule"), ahead),
+                            registry.pack(registry.kernel_rule(apply_rule), apply)))
         if self._scratch is None:
             self._scratch = [A.empty_like_state(v, A.STATE_DTYPE[v.dtype], v.numel)
                              for v in self._views]
             self._build_checks()
         for gi in range(len(self.param_groups)):
-            self._plan(gi, RULE_LOOKAHEAD, lookahead_names).run(None, scalars[gi][0])
+            self._plan(gi, "LookaheadRule", lookahead_names).run(None, scalars[gi][0])
         try:
             loss, grads = self._call_closure(closure)
             grad_ptrs = self._check_grads(grads)
@@ -599,7 +659,8 @@ class Optimizer:
             return loss
         average_weight = self._next_average_weight()
         for gi in range(len(self.param_groups)):
-            apply = self._finish_scalars(scalars[gi][1], multiplier, average_weight)
+            apply = self._finish_scalars(scalars[gi][1], multiplier, average_weight,
+                                         self.param_groups[gi])
             self._plan(gi, apply_rule, apply_names, main=True).run(self._slice(grad_ptrs, gi), apply)
             self._steps[gi] += 1
         self._count_average()
@@ -607,7 +668,7 @@ class Optimizer:
 
     def _restore_from_scratch(self) -> None:
         for gi in range(len(self.param_groups)):
-            self._plan(gi, RULE_RESTORE, ("saved",)).run(None, [1.0])
+            self._plan(gi, "RestoreRule", ("saved",)).run(None, [1.0])
 
     def _written_views(self):
         yield from self._views

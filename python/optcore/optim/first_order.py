@@ -13,7 +13,7 @@ from .._arrays import require_range
 from .base import Optimizer, Params
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "RMSPropNesterov", "Adam",
-           "AdaDelta", "DeltaBarDelta"]
+           "AdamW", "AdaDelta", "DeltaBarDelta"]
 
 Schedule = Optional[Callable[[int], float]]
 _CONVENTIONS = ("book", "torch")
@@ -37,8 +37,9 @@ def _check_convention(group: Dict[str, Any], where: str) -> None:
                          f"got {group['convention']!r}")
 
 
-# Every class also takes the training-loop options of Optimizer:
-# max_grad_norm, average, average_decay and master_weights.
+# Every class also takes the options of Optimizer: weight_decay, decoupled_weight_decay and
+# maximize (per group, applied inside the update pass), and max_grad_norm, average,
+# average_decay and master_weights.
 
 
 class SGD(Optimizer):
@@ -53,14 +54,13 @@ class SGD(Optimizer):
     array([0.9, 0.9, 0.9], dtype=float32)
     """
 
-    rule = 0
-    state_names = ()
+    rule = "SgdRule"
 
     def __init__(self, params: Params, lr: float = 0.01, schedule: Schedule = None, **options: Any):
         super().__init__(params, dict(lr=lr, schedule=schedule), **options)
 
     def scalars(self, group, step, where):
-        return [1.0, _lr(group, where)]
+        return {"lr": _lr(group, where)}
 
 
 class Momentum(Optimizer):
@@ -69,24 +69,31 @@ class Momentum(Optimizer):
     ``convention="torch"`` applies torch.optim.SGD's form b ← αb + g;
     θ ← θ − εb (the same trajectory while ε is constant). ``momentum_schedule``
     raises α over time (section 8.3.2). State ``"v"`` (b under the torch convention).
+    ``dampening`` d (torch convention only) is torch.optim.SGD's: b ← αb + (1−d)g,
+    except b ← g on the first step.
     """
-
-    state_names = ("v",)
 
     def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.9,
                  convention: str = "book", schedule: Schedule = None,
-                 momentum_schedule: Schedule = None, **options: Any):
+                 momentum_schedule: Schedule = None, dampening: float = 0.0, **options: Any):
         super().__init__(params, dict(lr=lr, momentum=momentum, convention=convention,
-                                      schedule=schedule, momentum_schedule=momentum_schedule), **options)
+                                      schedule=schedule, momentum_schedule=momentum_schedule,
+                                      dampening=dampening), **options)
 
     def _validate_static(self, group, where):
         _check_convention(group, where)
+        damp = require_range(group["dampening"], f"{where}['dampening']", lo=0.0, hi=1.0)
+        if damp != 0.0 and group["convention"] != "torch":
+            raise ValueError(f"{where}['dampening']: {damp} needs convention='torch' "
+                             "(the book's momentum has no dampening)")
 
     def rule_for(self, group):
-        return 2 if group["convention"] == "torch" else 1
+        return "MomentumTorchRule" if group["convention"] == "torch" else "MomentumRule"
 
     def scalars(self, group, step, where):
-        return [1.0, _lr(group, where), _unit(group, "momentum", where)]
+        first = step == 1  # torch starts the buffer at g, undamped
+        return {"lr": _lr(group, where), "momentum": _unit(group, "momentum", where),
+                "grad_weight": 1.0 if first else 1.0 - float(group["dampening"])}
 
 
 class Nesterov(Momentum):
@@ -101,10 +108,16 @@ class Nesterov(Momentum):
     b ← αb + g; θ ← θ − ε(g + αb).
     """
 
-    closure_rules = (("v", "saved"), 6, ("v", "saved"))
+    closure_rules = (("v", "saved"), "NesterovApplyRule", ("v", "saved"))
+
+    def _validate_static(self, group, where):
+        super()._validate_static(group, where)
+        if group["dampening"] != 0:
+            raise ValueError(f"{where}['dampening']: Nesterov momentum requires zero dampening "
+                             "(as torch.optim.SGD does)")
 
     def rule_for(self, group):
-        return 4 if group["convention"] == "torch" else 3
+        return "NesterovTorchRule" if group["convention"] == "torch" else "NesterovRule"
 
     def _uses_exact_closure(self, group) -> bool:
         # torch's form is itself a look-ahead parametrisation: a closure just supplies g.
@@ -112,49 +125,73 @@ class Nesterov(Momentum):
 
     def closure_scalars(self, group, step, where):
         lr, alpha = _lr(group, where), _unit(group, "momentum", where)
-        return [1.0, alpha], [1.0, lr, alpha]
+        return {"momentum": alpha}, {"lr": lr, "momentum": alpha}
 
 
 class AdaGrad(Optimizer):
     """AdaGrad, Algorithm 8.4: r ← r + g⊙g; θ ← θ − ε/(δ + √r) ⊙ g.
 
-    Matches torch.optim.Adagrad with lr_decay=0 and initial_accumulator_value=0.
+    ``lr_decay`` d and ``initial_accumulator_value`` r₀ are torch.optim.Adagrad's:
+    ε_t = ε/(1 + (t−1)d), r starts at r₀.
     """
 
-    rule = 7
-    state_names = ("r",)
+    rule = "AdaGradRule"
 
     def __init__(self, params: Params, lr: float = 0.01, eps: float = 1e-7,
-                 schedule: Schedule = None, **options: Any):
-        super().__init__(params, dict(lr=lr, eps=eps, schedule=schedule), **options)
+                 schedule: Schedule = None, lr_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, **options: Any):
+        super().__init__(params, dict(lr=lr, eps=eps, schedule=schedule, lr_decay=lr_decay,
+                                      initial_accumulator_value=initial_accumulator_value),
+                         **options)
+
+    def _validate_static(self, group, where):
+        require_range(group["initial_accumulator_value"],
+                      f"{where}['initial_accumulator_value']", lo=0.0)
+
+    def initial_state(self, name, group):
+        return float(group["initial_accumulator_value"])
 
     def scalars(self, group, step, where):
-        return [1.0, _lr(group, where), _eps(group, where)]
+        decay = require_range(group["lr_decay"], f"{where}['lr_decay']", lo=0.0)
+        return {"lr": _lr(group, where) / (1.0 + (step - 1) * decay), "eps": _eps(group, where)}
 
 
 class RMSProp(Optimizer):
     """RMSProp, Algorithm 8.5: r ← ρr + (1−ρ)g⊙g; θ ← θ − ε/√(δ + r) ⊙ g.
 
     ``convention="torch"`` puts δ outside the root as torch.optim.RMSprop does:
-    θ ← θ − εg/(√r + δ).
+    θ ← θ − εg/(√r + δ), and allows torch's ``centered`` (a = √(r − ḡ²) + δ with
+    ḡ the running mean of g) and ``momentum`` μ (b ← μb + g/a; θ ← θ − εb).
     """
 
-    state_names = ("r",)
-
     def __init__(self, params: Params, lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-6,
-                 convention: str = "book", schedule: Schedule = None, **options: Any):
+                 convention: str = "book", schedule: Schedule = None, centered: bool = False,
+                 momentum: float = 0.0, **options: Any):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, convention=convention,
-                                      schedule=schedule), **options)
+                                      schedule=schedule, centered=centered, momentum=momentum),
+                         **options)
 
     def _validate_static(self, group, where):
         _check_convention(group, where)
+        if not isinstance(group["centered"], bool):
+            raise TypeError(f"{where}['centered']: expected a bool, got {group['centered']!r}")
+        mu = require_range(group["momentum"], f"{where}['momentum']", lo=0.0, hi=1.0, hi_open=True)
+        if (group["centered"] or mu > 0) and group["convention"] != "torch":
+            raise ValueError(f"{where}: centered/momentum need convention='torch' "
+                             "(torch.optim.RMSprop's variants; the book's is Algorithm 8.5)")
 
     def rule_for(self, group):
-        return 9 if group["convention"] == "torch" else 8
+        if group["convention"] != "torch":
+            return "RmsPropRule"
+        centered, momentum = bool(group["centered"]), float(group["momentum"]) > 0
+        return {(False, False): "RmsPropTorchRule", (True, False): "RmsPropCenteredRule",
+                (False, True): "RmsPropMomentumRule",
+                (True, True): "RmsPropCenteredMomentumRule"}[(centered, momentum)]
 
     def scalars(self, group, step, where):
         rho = _unit(group, "rho", where)
-        return [1.0, _lr(group, where), rho, 1.0 - rho, _eps(group, where)]
+        return {"lr": _lr(group, where), "rho": rho, "one_minus_rho": 1.0 - rho,
+                "eps": _eps(group, where), "momentum": float(group["momentum"])}
 
 
 class RMSPropNesterov(Optimizer):
@@ -167,9 +204,8 @@ class RMSPropNesterov(Optimizer):
     :class:`Nesterov`). States ``"r"`` and ``"v"``.
     """
 
-    rule = 10
-    state_names = ("r", "v")
-    closure_rules = (("v", "saved"), 11, ("r", "v", "saved"))
+    rule = "RmsPropNesterovRule"
+    closure_rules = (("v", "saved"), "RmsPropNesterovApplyRule", ("r", "v", "saved"))
 
     def __init__(self, params: Params, lr: float = 1e-3, rho: float = 0.9,
                  momentum: float = 0.9, eps: float = 1e-6, schedule: Schedule = None,
@@ -179,12 +215,13 @@ class RMSPropNesterov(Optimizer):
 
     def scalars(self, group, step, where):
         rho = _unit(group, "rho", where)
-        return [1.0, _lr(group, where), rho, 1.0 - rho, _eps(group, where, allow_zero=True),
-                _unit(group, "momentum", where)]
+        return {"lr": _lr(group, where), "rho": rho, "one_minus_rho": 1.0 - rho,
+                "eps": _eps(group, where, allow_zero=True),
+                "momentum": _unit(group, "momentum", where)}
 
     def closure_scalars(self, group, step, where):
         apply = self.scalars(group, step, where)
-        return [1.0, apply[5]], apply
+        return {"momentum": apply["momentum"]}, apply
 
 
 class Adam(Optimizer):
@@ -192,14 +229,22 @@ class Adam(Optimizer):
 
     s ← ρ₁s + (1−ρ₁)g; r ← ρ₂r + (1−ρ₂)g⊙g; ŝ = s/(1−ρ₁ᵗ); r̂ = r/(1−ρ₂ᵗ);
     θ ← θ − ε ŝ/(√r̂ + δ). ``betas`` = (ρ₁, ρ₂). Same rule as torch.optim.Adam.
+    ``amsgrad=True`` divides by √(max over time of r̂) instead (Reddi et al. 2018; one
+    more state stream, ``"r_max"``).
     """
 
-    rule = 12
-    state_names = ("s", "r")
-
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, schedule: Schedule = None, **options: Any):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, schedule=schedule), **options)
+                 eps: float = 1e-8, schedule: Schedule = None, amsgrad: bool = False,
+                 **options: Any):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, schedule=schedule,
+                                      amsgrad=amsgrad), **options)
+
+    def _validate_static(self, group, where):
+        if not isinstance(group["amsgrad"], bool):
+            raise TypeError(f"{where}['amsgrad']: expected a bool, got {group['amsgrad']!r}")
+
+    def rule_for(self, group):
+        return "AdamAmsgradRule" if group["amsgrad"] else "AdamRule"
 
     def scalars(self, group, step, where):
         betas = group["betas"]
@@ -212,7 +257,20 @@ class Adam(Optimizer):
         lr, eps = _lr(group, where), _eps(group, where)
         bc1 = 1.0 - b1 ** step
         bc2 = 1.0 - b2 ** step
-        return [1.0, lr / bc1, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 / math.sqrt(bc2), eps]
+        return {"lr": lr, "step_size": lr / bc1, "rho1": b1, "one_minus_rho1": 1.0 - b1,
+                "rho2": b2, "one_minus_rho2": 1.0 - b2, "inv_sqrt_bc2": 1.0 / math.sqrt(bc2),
+                "eps": eps}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), torch.optim.AdamW:
+    θ ← θ − ελθ, then the Adam step; λ = ``weight_decay`` (default 0.01)."""
+
+    def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, **options: Any):
+        options.setdefault("decoupled_weight_decay", True)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         **options)
 
 
 class AdaDelta(Optimizer):
@@ -222,8 +280,7 @@ class AdaDelta(Optimizer):
     Same rule as torch.optim.Adadelta. States ``"r"`` and ``"u"``.
     """
 
-    rule = 13
-    state_names = ("r", "u")
+    rule = "AdaDeltaRule"
 
     def __init__(self, params: Params, lr: float = 1.0, rho: float = 0.95, eps: float = 1e-6,
                  schedule: Schedule = None, **options: Any):
@@ -231,7 +288,8 @@ class AdaDelta(Optimizer):
 
     def scalars(self, group, step, where):
         rho = _unit(group, "rho", where)
-        return [1.0, _lr(group, where), rho, 1.0 - rho, _eps(group, where)]
+        return {"lr": _lr(group, where), "rho": rho, "one_minus_rho": 1.0 - rho,
+                "eps": _eps(group, where)}
 
 
 class DeltaBarDelta(Optimizer):
@@ -250,8 +308,7 @@ class DeltaBarDelta(Optimizer):
     Changing ``lr`` after construction has no effect (η is state).
     """
 
-    rule = 14
-    state_names = ("eta", "dbar")
+    rule = "DeltaBarDeltaRule"
 
     def __init__(self, params: Params, lr: float = 0.01, kappa: float = 1e-4, phi: float = 0.1,
                  beta: float = 0.7, **options: Any):
@@ -265,4 +322,5 @@ class DeltaBarDelta(Optimizer):
         kappa = require_range(group["kappa"], f"{where}['kappa']", lo=0.0)
         phi = _unit(group, "phi", where, hi_open=False)
         beta = _unit(group, "beta", where)
-        return [1.0, kappa, 1.0 - phi, beta, 1.0 - beta]
+        return {"kappa": kappa, "one_minus_phi": 1.0 - phi, "beta": beta,
+                "one_minus_beta": 1.0 - beta}
