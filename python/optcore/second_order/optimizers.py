@@ -15,8 +15,9 @@ from typing import Any, Callable, List, Optional
 import numpy as np
 
 from .. import _arrays
+from .._threads import serialised
 from ._engine import (LINE_SEARCHES, BFGSEngine, CGEngine, LBFGSEngine, LoopState, NonFiniteError,
-                      Objective, VectorPool, _is_host_vector, run_iterations)
+                      Objective, VectorPool, _is_host_vector, held_vectors, run_iterations)
 from .newton import NewtonEngine, check_hessian_fits, finite_difference_hessian, run_newton
 
 
@@ -121,6 +122,7 @@ class _SecondOrder:
             return float(loss), g
         return evaluate
 
+    @serialised  # README, "Threads"
     def step(self, closure: Callable) -> float:
         """Run up to ``max_iter`` iterations; returns the loss at the final parameters.
 
@@ -150,6 +152,8 @@ class _SecondOrder:
             obj.placed = None
         if x_final is not obj.placed:
             self._scatter(x_final)
+        # The parameters hold x now; only what the engine reads later stays leased.
+        self._vectors().release_except(held_vectors(getattr(self, "engine", None)))
         self.nfev += obj.nfev
         return f_final if f_final is not None else float("nan")
 
@@ -163,7 +167,8 @@ class _LineSearchOptimizer(_SecondOrder):
         return run_iterations(self.engine, obj, x, f, g, self.loop, max_iter=self.max_iter,
                               gtol=self.gtol, ftol=self.ftol, line_search=self.line_search,
                               c1=self.c1, c2=self.c2, lr=self.lr, callback=track,
-                              new_vector=self._vectors().take)
+                              new_vector=self._vectors().take,
+                              release_except=self._vectors().release_except)
 
 
 class LBFGS(_LineSearchOptimizer):
