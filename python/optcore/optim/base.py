@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import _arrays as A
 from .. import _plans
+from .._threads import serialised
 from ..schedules import evaluate as evaluate_schedule
 
 # Rule ids: csrc/optcore/rules/all.h
@@ -223,6 +224,7 @@ class Optimizer:
         """The parameter arrays in flat order (the list a closure receives)."""
         return list(self._flat)
 
+    @serialised  # one step at a time per optimizer, whatever the threads (README, "Threads")
     def step(self, grads: Any = None, closure: Optional[Callable] = None, *,
              grad_scale: Optional[float] = None) -> Any:
         """Apply one update.
@@ -277,6 +279,7 @@ class Optimizer:
             self._advance()
         return None
 
+    @serialised
     def graph_step(self) -> None:
         """Take the next step as a replay of a CUDA graph that captured ``step(grads)``.
 
