@@ -378,7 +378,9 @@ class CGEngine:
     def __init__(self, n: int, dtype, xp, beta: str = "pr+", restart: Optional[int] = None):
         if beta not in ("fr", "pr", "pr+"):
             raise ValueError(f"beta: expected 'fr', 'pr' or 'pr+', got {beta!r}")
-        if restart is not None and (int(restart) != restart or restart < 1):
+        if restart is not None and (isinstance(restart, bool) or not isinstance(restart, (int, float))
+                                    or not math.isfinite(restart) or int(restart) != restart
+                                    or restart < 1):
             raise ValueError(f"restart: expected a positive integer, got {restart!r}")
         self.n, self.xp, self.beta_rule = n, xp, beta
         self.restart = int(restart) if restart is not None else max(n, 1)

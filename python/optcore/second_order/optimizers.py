@@ -18,6 +18,7 @@ from .. import _arrays
 from .._threads import serialised
 from ._engine import (LINE_SEARCHES, BFGSEngine, CGEngine, LBFGSEngine, LoopState, NonFiniteError,
                       Objective, VectorPool, _is_host_vector, held_vectors, run_iterations)
+from .minimize import _check_int
 from .newton import NewtonEngine, check_hessian_fits, finite_difference_hessian, run_newton
 
 
@@ -52,9 +53,7 @@ class _SecondOrder:
         if line_search not in LINE_SEARCHES or line_search == "exact":
             raise ValueError(f"line_search: expected 'strong_wolfe', 'armijo' or None, "
                              f"got {line_search!r}")
-        if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
-            raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
-        self.max_iter = int(max_iter)
+        self.max_iter = _check_int(max_iter, "max_iter", 1)
         self.line_search = line_search
         self.lr = _arrays.require_range(lr, "lr", 0.0, lo_open=True)
         self.gtol = _arrays.require_range(gtol, "gtol", 0.0)
@@ -193,9 +192,7 @@ class LBFGS(_LineSearchOptimizer):
                  curvature_eps: float = 1e-8, c1: float = 1e-4, c2: float = 0.9, threads: int = 0):
         super().__init__(params, max_iter=max_iter, line_search=line_search, lr=lr, gtol=gtol,
                          ftol=ftol, c1=c1, c2=c2)
-        if isinstance(history_size, bool) or int(history_size) != history_size or \
-                not 1 <= history_size <= 1024:
-            raise ValueError(f"history_size: expected an integer in [1, 1024], got {history_size!r}")
+        history_size = _check_int(history_size, "history_size", 1, 1024)
         eps = _arrays.require_range(curvature_eps, "curvature_eps", 0.0, 1.0, hi_open=True)
         self.engine = LBFGSEngine(self.n, self.dtype, self.xp, m=int(history_size),
                                   curvature_eps=eps, device_id=self._view0.device_id,
