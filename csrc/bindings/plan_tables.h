@@ -52,18 +52,24 @@ inline PlanTables build_plan_tables(const RuleTraitsRow& traits, const std::vect
   if (model_copies && model_copies->size() != n) throw py::value_error("model_copies: one per tensor");
   if (chunk_elements <= 0) throw py::value_error("chunk_elements: must be positive");
   PlanTables out;
-  out.tensors.resize(n);
+  // Sizes first, over every tensor: the chunk count is known (and refused when
+  // too large, or when the total overflows) before anything is allocated.
+  int64_t all_chunks = 0, all_elements = 0;
   for (size_t i = 0; i < n; ++i) {
-    if (dtypes[i] < 0 || dtypes[i] > 3) throw py::value_error("dtypes: unknown dtype code");
     if (numels[i] < 0) throw py::value_error("numels: negative");
-    if (numels[i] > INT64_MAX - out.total)
+    if (numels[i] > INT64_MAX - all_elements)
       throw py::value_error("numels: the total element count overflows int64");
-    // Counted before any chunk is stored: a huge tensor with small chunks is
-    // refused without allocating.
-    const int64_t tensor_chunks = numels[i] / chunk_elements + (numels[i] % chunk_elements != 0);
-    if (tensor_chunks > kMaxPlanChunks - static_cast<int64_t>(out.chunks.size()))
+    all_elements += numels[i];
+    all_chunks += numels[i] / chunk_elements + (numels[i] % chunk_elements != 0);
+    if (all_chunks > kMaxPlanChunks)
       throw py::value_error("chunk_elements: " + std::to_string(chunk_elements) +
                             " gives more than 2^31 chunks for these tensors");
+  }
+  out.tensors.resize(n);
+  out.chunks.reserve(static_cast<size_t>(all_chunks));
+  for (size_t i = 0; i < n; ++i) {
+    if (dtypes[i] < 0 || dtypes[i] > 3) throw py::value_error("dtypes: unknown dtype code");
+    const int64_t tensor_chunks = numels[i] / chunk_elements + (numels[i] % chunk_elements != 0);
     const int gdt = grad_dtypes ? (*grad_dtypes)[i] : dtypes[i];
     const bool master = dtypes[i] == int(DType::F32) && (gdt == int(DType::F16) || gdt == int(DType::BF16));
     if (gdt != dtypes[i] && !master)

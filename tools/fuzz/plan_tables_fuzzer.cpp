@@ -87,11 +87,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (auto& p : *copies) p = draw_pointer(in);
   }
   // Valid plans of more than 2^20 chunks are legal but only cost memory here:
-  // skip them (the refusal of > 2^31 chunks is still exercised).
+  // skip them (the refusal of > 2^31 chunks, which must come before any
+  // allocation, is still exercised: the RSS limit catches a late refusal).
   if (chunk > 0) {
     __int128 chunks = 0;
     for (int64_t v : numels)
-      if (v > 0) chunks += v / chunk + 1;
+      if (v > 0) chunks += static_cast<__int128>(v / chunk) + (v % chunk != 0);
     if (chunks > (1 << 20) && chunks <= (__int128(1) << 31)) return 0;
   }
 
