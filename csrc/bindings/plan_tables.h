@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -16,6 +17,10 @@
 
 namespace optcore {
 namespace bindings {
+
+// More chunks than this cannot be launched (a CUDA grid walks them with
+// 32-bit block indices) and would not fit in memory anyway.
+constexpr int64_t kMaxPlanChunks = int64_t(1) << 31;
 
 struct PlanTables {
   std::vector<PlanTensor> tensors;
@@ -32,6 +37,8 @@ inline PlanTables build_plan_tables(const RuleTraitsRow& traits, const std::vect
                                     const std::optional<std::vector<uintptr_t>>& model_copies) {
   namespace py = pybind11;
   const size_t n = thetas.size();
+  if (n > static_cast<size_t>(INT32_MAX))  // PlanChunk::tensor is 32-bit
+    throw py::value_error("thetas: more than 2^31 - 1 tensors");
   if (numels.size() != n || dtypes.size() != n)
     throw py::value_error("UpdatePlan: thetas, numels and dtypes must have the same length");
   if (static_cast<int>(states.size()) != traits.states)
@@ -45,10 +52,24 @@ inline PlanTables build_plan_tables(const RuleTraitsRow& traits, const std::vect
   if (model_copies && model_copies->size() != n) throw py::value_error("model_copies: one per tensor");
   if (chunk_elements <= 0) throw py::value_error("chunk_elements: must be positive");
   PlanTables out;
+  // Sizes first, over every tensor: the chunk count is known (and refused when
+  // too large, or when the total overflows) before anything is allocated.
+  int64_t all_chunks = 0, all_elements = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (numels[i] < 0) throw py::value_error("numels: negative");
+    if (numels[i] > INT64_MAX - all_elements)
+      throw py::value_error("numels: the total element count overflows int64");
+    all_elements += numels[i];
+    all_chunks += numels[i] / chunk_elements + (numels[i] % chunk_elements != 0);
+    if (all_chunks > kMaxPlanChunks)
+      throw py::value_error("chunk_elements: " + std::to_string(chunk_elements) +
+                            " gives more than 2^31 chunks for these tensors");
+  }
   out.tensors.resize(n);
+  out.chunks.reserve(static_cast<size_t>(all_chunks));
   for (size_t i = 0; i < n; ++i) {
     if (dtypes[i] < 0 || dtypes[i] > 3) throw py::value_error("dtypes: unknown dtype code");
-    if (numels[i] < 0) throw py::value_error("numels: negative");
+    const int64_t tensor_chunks = numels[i] / chunk_elements + (numels[i] % chunk_elements != 0);
     const int gdt = grad_dtypes ? (*grad_dtypes)[i] : dtypes[i];
     const bool master = dtypes[i] == int(DType::F32) && (gdt == int(DType::F16) || gdt == int(DType::BF16));
     if (gdt != dtypes[i] && !master)
@@ -72,7 +93,10 @@ inline PlanTables build_plan_tables(const RuleTraitsRow& traits, const std::vect
     t.numel = numels[i];
     t.dtype = dtypes[i];
     t.grad_dtype = gdt;
-    for (int64_t begin = 0; begin < numels[i]; begin += chunk_elements) {
+    // Counted by chunk, not by begin += chunk_elements, which could overflow
+    // past INT64_MAX for the last chunk of a huge tensor.
+    for (int64_t c = 0; c < tensor_chunks; ++c) {
+      const int64_t begin = c * chunk_elements;
       const int64_t len = std::min(chunk_elements, numels[i] - begin);
       out.chunks.push_back(PlanChunk{begin, len, static_cast<int32_t>(i), 0});
     }

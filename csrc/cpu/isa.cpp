@@ -1,6 +1,7 @@
 // Run-time choice of the widest instruction set the CPU supports, so a wheel
 // built on one x86-64 machine runs correctly and fast on another. All variants
 // produce the same bits: CPU sources are built with -ffp-contract=off.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -36,11 +37,14 @@ Isa initial_isa() {
   }
   return best;
 }
-Isa g_active = initial_isa();
+// Atomic: set_active_isa (tests, benchmarks) may run while another thread's
+// kernel reads the choice. Each call reads it once, so a call runs wholly on
+// one variant; all variants give the same bits anyway.
+std::atomic<Isa> g_active{initial_isa()};
 }  // namespace
 
-Isa active_isa() { return g_active; }
-void set_active_isa(Isa isa) { g_active = isa; }
+Isa active_isa() { return g_active.load(std::memory_order_relaxed); }
+void set_active_isa(Isa isa) { g_active.store(isa, std::memory_order_relaxed); }
 
 const char* isa_name(Isa isa) {
   switch (isa) {
@@ -51,7 +55,7 @@ const char* isa_name(Isa isa) {
 }
 
 void run_update(const UpdateLaunch& launch) {
-  switch (g_active) {
+  switch (active_isa()) {
 #if defined(OPTCORE_X86)
     case Isa::Avx512: avx512::run_update(launch); break;
     case Isa::Avx2: avx2::run_update(launch); break;
@@ -61,7 +65,7 @@ void run_update(const UpdateLaunch& launch) {
 }
 
 double sum_squares(const SumSquaresLaunch& launch) {
-  switch (g_active) {
+  switch (active_isa()) {
 #if defined(OPTCORE_X86)
     case Isa::Avx512: avx512::sum_squares(launch); break;
     case Isa::Avx2: avx2::sum_squares(launch); break;

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cuda/batchnorm_cuda.h"
+#include "cuda/common.cuh"
 #include "optcore/dtypes.h"
 
 namespace optcore {
@@ -20,38 +21,12 @@ constexpr int kThreads = 256;
 constexpr int kTileC = 32;                  // channels per block, channel-last reductions
 constexpr int kTileR = kThreads / kTileC;   // row lanes per block
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("batch norm CUDA ") + what + ": " + cudaGetErrorString(err));
-}
-
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (device != previous_) check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-
- private:
-  int previous_ = 0;
-};
+using cuda::check;
+using cuda::DeviceGuard;
 
 unsigned elementwise_blocks(int64_t total) {
   const int64_t b = (total + kThreads - 1) / kThreads;
   return unsigned(std::min<int64_t>(std::max<int64_t>(b, 1), int64_t(1) << 20));
-}
-
-// Fixed-order tree over kThreads doubles, two at once; result in [0].
-__device__ void block_sum2(double* s1, double* s2) {
-  for (int width = kThreads / 2; width > 0; width >>= 1) {
-    __syncthreads();
-    if (int(threadIdx.x) < width) {
-      s1[threadIdx.x] += s1[threadIdx.x + width];
-      s2[threadIdx.x] += s2[threadIdx.x + width];
-    }
-  }
-  __syncthreads();
 }
 
 // ------------------------------------------------------------ reductions
@@ -64,8 +39,7 @@ __global__ void reduce_mid_kernel(const T* __restrict__ x, const T* __restrict__
   using Tr = StorageTraits<T>;
   using M = typename Tr::Math;
   using St = typename Tr::State;
-  __shared__ double sh1[kThreads];
-  __shared__ double sh2[kThreads];
+  __shared__ double warp_sums[kThreads / cuda::kWarpSize];
   const int64_t item = blockIdx.x;
   const int64_t g = item / C, c = item % C;
   const int64_t n0 = g * group_size;
@@ -94,15 +68,14 @@ __global__ void reduce_mid_kernel(const T* __restrict__ x, const T* __restrict__
   } else {
     for (int64_t i = threadIdx.x; i < len; i += kThreads) visit(n0 + i / S, i % S);
   }
-  sh1[threadIdx.x] = double(a1);
-  sh2[threadIdx.x] = double(a2);
-  block_sum2(sh1, sh2);
+  const double s1 = cuda::block_sum<kThreads>(double(a1), warp_sums);
+  const double s2 = cuda::block_sum<kThreads>(double(a2), warp_sums);
   if (threadIdx.x == 0) {
     if (Mode == 0) {
-      partial_from_shifted(double(len), double(ref), sh1[0], sh2[0], part + 3 * (g * C + c));
+      partial_from_shifted(double(len), double(ref), s1, s2, part + 3 * (g * C + c));
     } else {
-      part[2 * (g * C + c)] = sh1[0];
-      part[2 * (g * C + c) + 1] = sh2[0];
+      part[2 * (g * C + c)] = s1;
+      part[2 * (g * C + c) + 1] = s2;
     }
   }
 }

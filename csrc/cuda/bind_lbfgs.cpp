@@ -38,9 +38,9 @@ void bind_lbfgs_cuda(py::module_& m) {
            py::arg("stream") = 0)
       .def("reset", [](cuda::LbfgsCudaWorkspace& ws, uintptr_t stream) { ws.reset(stream); },
            py::arg("stream") = 0)
-      .def("get_meta", &cuda::LbfgsCudaWorkspace::meta_host)
-      .def("set_meta", &cuda::LbfgsCudaWorkspace::set_meta_host, py::arg("meta"))
-      .def_property_readonly("count", [](cuda::LbfgsCudaWorkspace& ws) { return static_cast<int>(ws.meta_host()[0]); })
+      .def("get_meta", &cuda::LbfgsCudaWorkspace::meta_host, py::arg("stream") = 0)
+      .def("set_meta", &cuda::LbfgsCudaWorkspace::set_meta_host, py::arg("meta"), py::arg("stream") = 0)
+      .def_property_readonly("count", [](cuda::LbfgsCudaWorkspace& ws) { return static_cast<int>(ws.meta_host(0)[0]); })
       .def_property_readonly("n", &cuda::LbfgsCudaWorkspace::n)
       .def_property_readonly("m", &cuda::LbfgsCudaWorkspace::m)
       .def_property_readonly("dtype", &cuda::LbfgsCudaWorkspace::dtype)

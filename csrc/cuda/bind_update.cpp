@@ -49,7 +49,7 @@ class CudaUpdatePlan {
                  int device_id, int64_t chunk_elements,
                  const std::optional<std::vector<int>>& grad_dtypes,
                  const std::optional<std::vector<uintptr_t>>& averages,
-                 const std::optional<std::vector<uintptr_t>>& model_copies)
+                 const std::optional<std::vector<uintptr_t>>& model_copies, py::object stream)
       : rule_(rule) {
     const RuleTraitsRow& traits = rule_traits(rule);
     PlanTables tables = build_plan_tables(traits, thetas, numels, dtypes, states, chunk_elements,
@@ -64,7 +64,7 @@ class CudaUpdatePlan {
     reads_grad_ = traits.reads_grad;
     chunk_count_ = tables.chunks.size();
     plan_ = std::make_unique<cuda::DevicePlan>(rule, device_id, reads_grad_, tables.tensors,
-                                                tables.chunks);
+                                                tables.chunks, to_stream(stream));
   }
 
   // grads: uint64 array of device pointers, one per tensor (ignored by rules
@@ -158,11 +158,11 @@ void bind_update(py::module_& m) {
       .def(py::init<int, const std::vector<uintptr_t>&, const std::vector<int64_t>&,
                     const std::vector<int>&, const std::vector<std::vector<uintptr_t>>&, int, int64_t,
                     const std::optional<std::vector<int>>&, const std::optional<std::vector<uintptr_t>>&,
-                    const std::optional<std::vector<uintptr_t>>&>(),
+                    const std::optional<std::vector<uintptr_t>>&, py::object>(),
            py::arg("rule"), py::arg("thetas"), py::arg("numels"), py::arg("dtypes"),
            py::arg("states"), py::arg("device_id"), py::arg("chunk_elements") = 65536,
            py::kw_only(), py::arg("grad_dtypes") = py::none(), py::arg("averages") = py::none(),
-           py::arg("model_copies") = py::none())
+           py::arg("model_copies") = py::none(), py::arg("stream") = 0)
       .def("step", &CudaUpdatePlan::step, py::arg("grads"), py::arg("scalars"),
            py::arg("stream") = 0)
       .def("set_graph_scalars", &CudaUpdatePlan::set_graph_scalars, py::arg("scalars"),

@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda/common.cuh"
 #include "cuda/lbfgs_cuda.h"
 #include "optcore/lbfgs_compact.h"
 
@@ -23,24 +24,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("optcore L-BFGS (CUDA): ") + what + ": " + cudaGetErrorString(err));
-}
-
-// Fixed-shape tree reduction of one double per thread; result in thread 0.
-__device__ double block_sum(double v, double* shared) {
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const double out = shared[0];
-  __syncthreads();
-  return out;
-}
 
 template <typename T>
 __device__ void dot2(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ c,
@@ -51,8 +34,8 @@ __device__ void dot2(const T* __restrict__ a, const T* __restrict__ b, const T* 
     sb += av * static_cast<double>(b[i]);
     if (c != nullptr) sc += av * static_cast<double>(c[i]);
   }
-  *out_b = block_sum(sb, shared);
-  if (c != nullptr) *out_c = block_sum(sc, shared);
+  *out_b = block_sum<kThreads>(sb, shared);
+  if (c != nullptr) *out_c = block_sum<kThreads>(sc, shared);
 }
 
 template <typename T>
@@ -60,7 +43,7 @@ __global__ void lbfgs_pass1_kernel(LbfgsLayout L, const double* __restrict__ met
                                    const T* Y, int64_t ld, const T* s_new, const T* y_new,
                                    bool has_new, const T* g, int64_t n, int64_t partition,
                                    double* __restrict__ partials) {
-  __shared__ double shared[kThreads];
+  __shared__ double shared[kThreads / kWarpSize];
   const int K = L.dot_count();
   double* out = partials + static_cast<int64_t>(blockIdx.x) * K;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * partition;
@@ -167,15 +150,6 @@ __global__ void lbfgs_reset_kernel(LbfgsLayout L, double* meta) {
   for (int i = threadIdx.x; i < L.meta_size(); i += blockDim.x) meta[i] = i == L.gamma() ? 1.0 : 0.0;
 }
 
-struct DeviceGuard {
-  int previous = 0;
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous), "cudaGetDevice");
-    check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { cudaSetDevice(previous); }
-};
-
 }  // namespace
 
 LbfgsCudaWorkspace::LbfgsCudaWorkspace(int64_t n, int m, int dtype, int device)
@@ -195,15 +169,17 @@ LbfgsCudaWorkspace::LbfgsCudaWorkspace(int64_t n, int m, int dtype, int device)
   dots_ = partials_ + (parts_ > 0 ? parts_ : 1) * L.dot_count();
   coef_ = dots_ + L.dot_count();
   work_ = coef_ + L.coef_size();
-  check(cudaMemset(buffer_, 0, doubles * sizeof(double)), "cudaMemset");
-  lbfgs_reset_kernel<<<1, 128>>>(L, meta_);
+  // On the legacy default stream, which every blocking stream waits for; the
+  // workspace is ready once that stream is (no device-wide wait).
+  check(cudaMemsetAsync(buffer_, 0, doubles * sizeof(double), 0), "cudaMemsetAsync");
+  lbfgs_reset_kernel<<<1, 128, 0, 0>>>(L, meta_);
   check(cudaGetLastError(), "reset launch");
-  check(cudaDeviceSynchronize(), "initialisation");
+  check(cudaStreamSynchronize(0), "initialisation");
 }
 
 LbfgsCudaWorkspace::~LbfgsCudaWorkspace() {
   if (buffer_ != nullptr) {
-    cudaSetDevice(device_);
+    DeviceGuardNoThrow guard(device_);
     cudaFree(buffer_);
   }
 }
@@ -253,20 +229,24 @@ void LbfgsCudaWorkspace::reset(uintptr_t stream_handle) {
   check(cudaGetLastError(), "reset launch");
 }
 
-std::vector<double> LbfgsCudaWorkspace::meta_host() const {
+std::vector<double> LbfgsCudaWorkspace::meta_host(uintptr_t stream_handle) const {
   DeviceGuard guard(device_);
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   std::vector<double> out(LbfgsLayout{m_}.meta_size());
-  check(cudaDeviceSynchronize(), "synchronise");
-  check(cudaMemcpy(out.data(), meta_, out.size() * sizeof(double), cudaMemcpyDeviceToHost), "copy meta");
+  check(cudaMemcpyAsync(out.data(), meta_, out.size() * sizeof(double), cudaMemcpyDeviceToHost, stream),
+        "copy meta");
+  check(cudaStreamSynchronize(stream), "synchronise");
   return out;
 }
 
-void LbfgsCudaWorkspace::set_meta_host(const std::vector<double>& meta) {
+void LbfgsCudaWorkspace::set_meta_host(const std::vector<double>& meta, uintptr_t stream_handle) {
   DeviceGuard guard(device_);
   if (meta.size() != static_cast<size_t>(LbfgsLayout{m_}.meta_size()))
     throw std::invalid_argument("meta: wrong length");
-  check(cudaDeviceSynchronize(), "synchronise");
-  check(cudaMemcpy(meta_, meta.data(), meta.size() * sizeof(double), cudaMemcpyHostToDevice), "copy meta");
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  check(cudaMemcpyAsync(meta_, meta.data(), meta.size() * sizeof(double), cudaMemcpyHostToDevice, stream),
+        "copy meta");
+  check(cudaStreamSynchronize(stream), "synchronise");  // `meta` is the caller's, valid only during the call
 }
 
 }  // namespace cuda

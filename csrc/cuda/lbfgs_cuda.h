@@ -23,8 +23,10 @@ class LbfgsCudaWorkspace {
   void direction(void* S, void* Y, int64_t ld, const void* s_new, const void* y_new, bool has_new,
                  const void* g, void* d, double eps, uintptr_t stream);
   void reset(uintptr_t stream);
-  std::vector<double> meta_host() const;  // synchronises: inspection and state_dict only
-  void set_meta_host(const std::vector<double>& meta);
+  // Wait for `stream` (0: the legacy default stream), not the device:
+  // inspection and state_dict only.
+  std::vector<double> meta_host(uintptr_t stream = 0) const;
+  void set_meta_host(const std::vector<double>& meta, uintptr_t stream = 0);
 
   int64_t n() const { return n_; }
   int m() const { return m_; }

@@ -3,6 +3,8 @@
 // launch like the update executor. Purely memory bound by construction.
 #include <cuda_runtime.h>
 
+#include "cuda/common.cuh"
+
 #include <stdexcept>
 #include <string>
 
@@ -25,9 +27,6 @@ struct ProbeChunkDev {
   int32_t length;
 };
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string("optcore CUDA probe: ") + what + ": " + cudaGetErrorString(err));
-}
 
 template <typename T>
 __global__ void probe_kernel(const ProbeTensorDev* __restrict__ tensors, const ProbeChunkDev* __restrict__ chunks,

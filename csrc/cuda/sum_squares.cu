@@ -2,6 +2,7 @@
 // parameters; the order of every addition is fixed in sum_squares.cuh.
 #include "cuda/sum_squares.cuh"
 
+#include "cuda/common.cuh"
 #include "cuda/vector_io.cuh"
 #include "optcore/dtypes.h"
 
@@ -12,29 +13,7 @@ namespace {
 // The element-to-thread assignment below is part of the result's definition,
 // so the block size is a constant of the kernel, not a launch choice.
 constexpr int kThreads = 256;
-constexpr int kWarpSize = 32;
 constexpr int kWarps = kThreads / kWarpSize;
-
-// Sum over the block with a fixed shape: a shuffle tree in each warp, then
-// the same tree over the warp sums in warp 0. Every thread calls it; the
-// total is valid in thread 0.
-__device__ double block_sum(double v, double* warp_sums) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  const int lane = threadIdx.x % kWarpSize;
-  const int warp = threadIdx.x / kWarpSize;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  double total = 0.0;
-  if (warp == 0) {
-    total = lane < kWarps ? warp_sums[lane] : 0.0;
-#pragma unroll
-    for (int offset = kWarps / 2; offset > 0; offset /= 2)
-      total += __shfl_down_sync(0xffffffffu, total, offset);
-  }
-  __syncthreads();  // warp_sums is rewritten by the next call
-  return total;
-}
 
 // This thread's share of one chunk: groups j = tid, tid + 256, ... of V
 // elements, in order, then the partial last group if it falls to this thread.
@@ -90,7 +69,7 @@ __global__ void __launch_bounds__(kThreads) sum_squares_kernel(const SumSquaresA
       case DType::F16: s = thread_sum_squares(static_cast<const Half*>(base) + chunk.begin, chunk.length); break;
       case DType::BF16: s = thread_sum_squares(static_cast<const BFloat16*>(base) + chunk.begin, chunk.length); break;
     }
-    s = block_sum(s, warp_sums);
+    s = block_sum<kThreads>(s, warp_sums);
     if (threadIdx.x == 0) a.partials[c] = s;
   }
   // Threadfence reduction: publish this block's partials, then count it in;
@@ -104,7 +83,7 @@ __global__ void __launch_bounds__(kThreads) sum_squares_kernel(const SumSquaresA
   __threadfence();
   double acc = 0.0;
   for (int64_t c = threadIdx.x; c < a.chunk_count; c += kThreads) acc += __ldcg(a.partials + c);
-  acc = block_sum(acc, warp_sums);
+  acc = block_sum<kThreads>(acc, warp_sums);
   if (threadIdx.x == 0) {
     *a.result = acc;
     *a.arrivals = 0u;  // rearmed for the next launch, which is stream-ordered after this one

@@ -12,6 +12,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda/common.cuh"
 #include "cuda/sum_squares.cuh"
 #include "cuda/update.h"
 #include "cuda/vector_io.cuh"
@@ -27,29 +28,6 @@ constexpr int kBlocksPerSm = 8;
 
 std::atomic<int64_t> g_launch_count{0};
 std::atomic<int64_t> g_sum_squares_launch_count{0};
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    cudaGetLastError();  // clear a sticky-free error so the next call starts clean
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err));
-  }
-}
-
-// Makes `device` current for the scope and restores the caller's device.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() {
-    int now = -1;
-    if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
-  }
-
- private:
-  int previous_ = 0;
-};
 
 // ---------------------------------------------------------------- update kernel
 
@@ -352,13 +330,19 @@ void synchronize(int device) {
 int DevicePlan::block_size() const { return kBlockSize; }
 
 DevicePlan::DevicePlan(int rule, int device, bool reads_grad, const std::vector<PlanTensor>& tensors,
-                       const std::vector<PlanChunk>& chunks)
+                       const std::vector<PlanChunk>& chunks, uintptr_t stream_handle)
     : rule_(rule),
       device_(device),
       reads_grad_(reads_grad),
       tensor_count_(static_cast<int64_t>(tensors.size())),
       chunk_count_(static_cast<int64_t>(chunks.size())) {
   DeviceGuard guard(device_);
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  if (stream_is_capturing(stream_handle))
+    throw std::runtime_error(
+        "UpdatePlan: the current CUDA stream is capturing a graph; a plan allocates and uploads its "
+        "tables, which a graph cannot record. Build the optimizer (or take one eager step) before "
+        "the capture begins");
   block_bytes_ = sizeof(StepScalars) + sizeof(uint64_t) * tensors.size();
   for (const PlanTensor& t : tensors)
     extras_ = extras_ || t.average != nullptr || t.model_copy != nullptr || t.grad_dtype != t.dtype;
@@ -369,35 +353,38 @@ DevicePlan::DevicePlan(int rule, int device, bool reads_grad, const std::vector<
     grid_ = static_cast<int>(std::min<int64_t>(chunk_count_, int64_t(sms) * kBlocksPerSm));
     if (!tensors.empty()) {
       check(cudaMalloc(&d_tensors_, sizeof(PlanTensor) * tensors.size()), "cudaMalloc");
-      check(cudaMemcpy(d_tensors_, tensors.data(), sizeof(PlanTensor) * tensors.size(),
-                       cudaMemcpyHostToDevice), "cudaMemcpy");
+      check(cudaMemcpyAsync(d_tensors_, tensors.data(), sizeof(PlanTensor) * tensors.size(),
+                            cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
     }
     if (!chunks.empty()) {
       check(cudaMalloc(&d_chunks_, sizeof(PlanChunk) * chunks.size()), "cudaMalloc");
-      check(cudaMemcpy(d_chunks_, chunks.data(), sizeof(PlanChunk) * chunks.size(),
-                       cudaMemcpyHostToDevice), "cudaMemcpy");
+      check(cudaMemcpyAsync(d_chunks_, chunks.data(), sizeof(PlanChunk) * chunks.size(),
+                            cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
     }
     check(cudaMalloc(&d_eager_, block_bytes_), "cudaMalloc");
     check(cudaMalloc(&d_graph_, block_bytes_), "cudaMalloc");
-    check(cudaMemset(d_eager_, 0, block_bytes_), "cudaMemset");
-    check(cudaMemset(d_graph_, 0, block_bytes_), "cudaMemset");
+    check(cudaMemsetAsync(d_eager_, 0, block_bytes_, stream), "cudaMemsetAsync");
+    check(cudaMemsetAsync(d_graph_, 0, block_bytes_, stream), "cudaMemsetAsync");
     for (int s = 0; s < kRingSlots; ++s) {
       check(cudaHostAlloc(&h_ring_[s], block_bytes_, cudaHostAllocDefault), "cudaHostAlloc");
       cudaEvent_t ev;
       check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
       events_[s] = ev;
     }
+    cudaEvent_t done;
+    check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+    done_event_ = done;
     check(cudaHostAlloc(&h_graph_, block_bytes_, cudaHostAllocDefault), "cudaHostAlloc");
     std::memset(h_graph_, 0, block_bytes_);
     if (!chunks.empty())
       check(cudaMalloc(&d_partials_, sizeof(double) * chunks.size()), "cudaMalloc");
     check(cudaMalloc(&d_reduce_, reduce_bytes), "cudaMalloc");
-    check(cudaMemset(d_reduce_, 0, reduce_bytes), "cudaMemset");  // arrival counter starts at zero
+    check(cudaMemsetAsync(d_reduce_, 0, reduce_bytes, stream), "cudaMemsetAsync");  // arrival counter starts at zero
     check(cudaHostAlloc(&h_reduce_, sizeof(double) + sizeof(uint64_t) * tensors.size(),
                         cudaHostAllocDefault), "cudaHostAlloc");
-    // The constructor's uploads are synchronous with respect to the host; make
-    // sure they finished before a step on any stream reads the tables.
-    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    // The uploads read host vectors that die with this call, and a step on any
+    // stream may read the tables next: wait for this stream (not the device).
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   } catch (...) {
     release();
     throw;
@@ -408,12 +395,22 @@ DevicePlan::DevicePlan(int rule, int device, bool reads_grad, const std::vector<
 
 DevicePlan::~DevicePlan() { release(); }
 
+void DevicePlan::record_done(uintptr_t stream_handle) {
+  check(cudaEventRecord(static_cast<cudaEvent_t>(done_event_), reinterpret_cast<cudaStream_t>(stream_handle)),
+        "cudaEventRecord");
+  done_live_ = true;
+}
+
 void DevicePlan::release() {
-  int previous = 0;
-  if (cudaGetDevice(&previous) != cudaSuccess) return;
-  cudaSetDevice(device_);
-  // Pending copies, kernels and host functions may still use these buffers.
-  cudaDeviceSynchronize();
+  DeviceGuardNoThrow guard(device_);
+  if (!guard.ok()) return;
+  // Pending eager copies, kernels and host functions may still use these
+  // buffers. Steps of one plan are stream-ordered (see update.h), so the event
+  // after the last of them covers every earlier one; no device-wide wait.
+  if (done_live_) cudaEventSynchronize(static_cast<cudaEvent_t>(done_event_));
+  if (done_event_) cudaEventDestroy(static_cast<cudaEvent_t>(done_event_));
+  done_event_ = nullptr;
+  done_live_ = false;
   for (int s = 0; s < kRingSlots; ++s) {
     if (events_[s]) cudaEventDestroy(static_cast<cudaEvent_t>(events_[s]));
     if (h_ring_[s]) cudaFreeHost(h_ring_[s]);
@@ -430,8 +427,6 @@ void DevicePlan::release() {
   if (d_chunks_) cudaFree(d_chunks_);
   if (d_tensors_) cudaFree(d_tensors_);
   h_graph_ = d_graph_ = d_eager_ = d_chunks_ = d_tensors_ = nullptr;
-  cudaGetLastError();
-  cudaSetDevice(previous);
 }
 
 void DevicePlan::step(const uint64_t* grads, const StepScalars& scalars, uintptr_t stream_handle) {
@@ -485,6 +480,7 @@ void DevicePlan::step(const uint64_t* grads, const StepScalars& scalars, uintptr
     launch(rule_, extras_, grid_, stream, static_cast<const PlanTensor*>(d_tensors_),
            static_cast<const PlanChunk*>(d_chunks_), chunk_count_,
            static_cast<const StepScalars*>(d_eager_));
+  record_done(stream_handle);
 }
 
 double DevicePlan::sum_squares(const uint64_t* grads, uintptr_t stream_handle, int grid) {
@@ -541,6 +537,7 @@ void DevicePlan::set_graph_scalars(const StepScalars& scalars, uintptr_t stream_
     delete payload;
     check(err, "cudaLaunchHostFunc");
   }
+  if (!stream_is_capturing(stream_handle)) record_done(stream_handle);  // the host function writes h_graph_
 }
 
 }  // namespace cuda

@@ -60,8 +60,11 @@ class DevicePlan {
  public:
   static constexpr int kRingSlots = 8;
 
+  // stream: where the tables are uploaded (the constructor waits for it, not
+  // for the device). Refused while that stream is capturing a CUDA graph: the
+  // allocations and uploads cannot be recorded into one.
   DevicePlan(int rule, int device, bool reads_grad, const std::vector<PlanTensor>& tensors,
-             const std::vector<PlanChunk>& chunks);
+             const std::vector<PlanChunk>& chunks, uintptr_t stream);
   ~DevicePlan();
   DevicePlan(const DevicePlan&) = delete;
   DevicePlan& operator=(const DevicePlan&) = delete;
@@ -83,6 +86,7 @@ class DevicePlan {
 
  private:
   void release();  // frees everything allocated so far; safe to call twice
+  void record_done(uintptr_t stream);  // marks the last eager use of the plan's buffers
 
   int rule_;
   int device_;
@@ -101,6 +105,8 @@ class DevicePlan {
   void* h_graph_ = nullptr;
   void* events_[kRingSlots] = {};  // cudaEvent_t
   bool event_live_[kRingSlots] = {};
+  void* done_event_ = nullptr;  // cudaEvent_t after the last eager work that reads the buffers
+  bool done_live_ = false;
   int next_slot_ = 0;
   bool grads_uploaded_ = false;
   std::vector<uint64_t> last_grads_;

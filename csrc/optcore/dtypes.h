@@ -52,11 +52,20 @@ OPTCORE_HD uint32_t float_to_bits(float f) {
 #endif
 }
 
-// IEEE binary16 -> binary32: shift the exponent/mantissa into place and let a
-// multiply by 2^112 rebias normals and denormals alike; Inf/NaN are repaired.
+// IEEE binary16 -> binary32, exact for every pattern and independent of the
+// FTZ/DAZ modes: normals rebiased by a multiply, subnormals converted from
+// their integer mantissa; Inf/NaN are repaired.
 OPTCORE_HD float half_to_float(uint16_t h) {
   const uint32_t magnitude = uint32_t(h & 0x7fffu) << 13;
-  float f = bits_to_float(magnitude) * bits_to_float(uint32_t(254 - 15) << 23);
+  // Normal halves: the rebased bits are a normal float32, scaled by 2^112.
+  // Subnormal halves (exponent 0): mantissa * 2^-24 from an exact integer
+  // conversion. Scaling their rebased bits instead would read a float32
+  // *denormal*, which flush-to-zero / denormals-are-zero (MXCSR FTZ/DAZ, set by
+  // torch.set_flush_denormal(True) and by -ffast-math libraries) turn into 0.
+  // Both are computed and one selected, so loops over it still vectorise.
+  const float scaled = bits_to_float(magnitude) * bits_to_float(uint32_t(254 - 15) << 23);
+  const float subnormal = float(int32_t(h & 0x3ffu)) * bits_to_float(uint32_t(127 - 24) << 23);
+  float f = (h & 0x7c00u) == 0 ? subnormal : scaled;
   uint32_t u = float_to_bits(f);
   u |= (f >= bits_to_float(uint32_t(127 + 16) << 23)) ? (255u << 23) : 0u;
   u |= uint32_t(h & 0x8000u) << 16;

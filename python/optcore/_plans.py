@@ -63,8 +63,11 @@ class Plan:
                                          [list(s) for s in states], **options)
         else:
             cuda = require_cuda("params")
+            # The current stream: the plan uploads its tables there, and refuses
+            # to be built while that stream captures a CUDA graph.
             self.plan = cuda.UpdatePlan(rule, list(thetas), list(numels), list(dtypes),
-                                        [list(s) for s in states], device[1], **options)
+                                        [list(s) for s in states], device[1], **options,
+                                        stream=self._stream())
 
     def _stream(self) -> int:
         return A.current_stream_of(*self._stream_key)

@@ -21,6 +21,7 @@ Example
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Dict, Tuple
 
 from .optim.registry import kernel_rule
@@ -30,7 +31,16 @@ from . import _plans
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 RULE_SCALE, RULE_CLAMP = (kernel_rule(n).id for n in ("ScaleRule", "ClampRule"))
-_cache: Dict[Tuple, _plans.Plan] = {}
+# Per thread: a plan's reduction scratch is shared between its calls, so two
+# threads clipping at once must not share one (each thread gets its own cache).
+_local = threading.local()
+
+
+def _thread_cache() -> Dict[Tuple, _plans.Plan]:
+    cache = getattr(_local, "plans", None)
+    if cache is None:
+        cache = _local.plans = {}
+    return cache
 
 
 def _plan_for(grads: Any, name: str, rule: int) -> _plans.Plan:
@@ -55,13 +65,14 @@ def _plan_for(grads: Any, name: str, rule: int) -> _plans.Plan:
         device = ("cpu", -1)
     A.require_no_overlap(views, names)
     key = (rule, device) + tuple((v.ptr, v.numel, v.dtype) for v in views)
-    plan = _cache.get(key)
+    cache = _thread_cache()
+    plan = cache.get(key)
     if plan is None:
-        if len(_cache) > 64:
-            _cache.clear()
+        if len(cache) > 64:
+            cache.clear()
         plan = _plans.Plan(rule, [v.ptr for v in views], [v.numel for v in views],
                            [v.dtype for v in views], [], device, views[0] if views else None)
-        _cache[key] = plan
+        cache[key] = plan
     return plan
 
 

@@ -95,11 +95,28 @@ def _import_cupy(name: str) -> Any:
     return cupy
 
 
+def _float_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a numpy floating dtype, or a ValueError/TypeError naming ``dtype``
+    (an integer dtype would silently truncate the weights to zero)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype: {e}") from None
+    if dt.kind != "f":
+        raise ValueError(f"dtype: expected a floating-point dtype, got {dt}")
+    return dt
+
+
 def _place(host: np.ndarray, dtype: Any, xp: Any, like: Any) -> Any:
     module = array_module(xp, like)
     if dtype is None:
         dtype = like.dtype if like is not None else np.float32
-    return module.asarray(np.ascontiguousarray(host), dtype=dtype)
+    dt = _float_dtype(dtype)
+    big = float(np.max(np.abs(host), initial=0.0))
+    if big > float(np.finfo(dt).max):  # checked on the host, before the (device) copy
+        raise ValueError(f"dtype: the weights reach {big:.3g}, beyond the {dt} range; lower "
+                         "gain/std/value or use a wider dtype")
+    return module.asarray(np.ascontiguousarray(host), dtype=dt)
 
 
 def _dims(m: int, n: int) -> tuple:

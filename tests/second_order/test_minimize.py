@@ -137,8 +137,8 @@ def test_book_example(alpha, method):
 
 
 def test_bfgs_update_matches_reference(rng):
-    # Two steps of BFGS on a quadratic with exact curvature pairs: after the first
-    # update M must equal the reference update of the scaled initial matrix.
+    # Two steps of BFGS on a quadratic with exact curvature pairs: each update must
+    # equal the reference update of M scaled by τ = max(1, sᵀy/yᵀMy), from M₀ = I.
     k = 5
     A, b = _spd(rng, k, 20.0), rng.standard_normal(k)
     from optcore.second_order._engine import BFGSEngine
@@ -147,11 +147,11 @@ def test_bfgs_update_matches_reference(rng):
     y, y2 = A @ s, A @ s2
     eng.record(1.0, s, np.zeros(k), y)
     eng.direction(np.ones(k))
-    M = ref.bfgs_inverse_update((s @ y) / (y @ y) * np.eye(k), s, y)
+    M = ref.bfgs_inverse_update(max(1.0, (s @ y) / (y @ y)) * np.eye(k), s, y)
     np.testing.assert_allclose(eng.M, M, rtol=1e-12, atol=1e-14)
     eng.record(1.0, s2, np.zeros(k), y2)
     d = eng.direction(np.ones(k))
-    M = ref.bfgs_inverse_update(M, s2, y2)
+    M = ref.bfgs_inverse_update(max(1.0, (s2 @ y2) / (y2 @ M @ y2)) * M, s2, y2)
     np.testing.assert_allclose(eng.M, M, rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(d, -M @ np.ones(k), rtol=1e-11)
     # A pair failing the curvature test is skipped.

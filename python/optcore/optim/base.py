@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import _arrays as A
 from .. import _core, _plans
+from .._threads import serialised
 from ..schedules import evaluate as evaluate_schedule
 from . import registry
 
@@ -242,6 +243,7 @@ class Optimizer:
         """The parameter arrays in flat order (the list a closure receives)."""
         return list(self._flat)
 
+    @serialised  # one step at a time per optimizer, whatever the threads (README, "Threads")
     def step(self, grads: Any = None, closure: Optional[Callable] = None, *,
              grad_scale: Optional[float] = None) -> Any:
         """Apply one update.
@@ -300,6 +302,7 @@ class Optimizer:
         else:
             self._advance()
 
+    @serialised
     def graph_step(self) -> None:
         """Take the next step as a replay of a CUDA graph that captured ``step(grads)``.
 

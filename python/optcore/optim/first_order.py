@@ -19,8 +19,14 @@ Schedule = Optional[Callable[[int], float]]
 _CONVENTIONS = ("book", "torch")
 
 
+# Rates and increments meet float32 arithmetic (the math type of float32 and 16-bit
+# parameters, and DeltaBarDelta's η state): larger values would overflow to inf there
+# while the float64 algorithm stays finite, so they are refused for every dtype.
+_F32_MAX = 3.4028234663852886e38
+
+
 def _lr(group: Dict[str, Any], where: str) -> float:
-    return require_range(group["lr"], f"{where}['lr']", lo=0.0)
+    return require_range(group["lr"], f"{where}['lr']", lo=0.0, hi=_F32_MAX)
 
 
 def _unit(group: Dict[str, Any], key: str, where: str, hi_open: bool = True) -> float:
@@ -315,11 +321,12 @@ class DeltaBarDelta(Optimizer):
         super().__init__(params, dict(lr=lr, kappa=kappa, phi=phi, beta=beta), **options)
 
     def initial_state(self, name, group):
-        return float(group["lr"]) if name == "eta" else 0.0
+        # η starts at lr: checked before it fills the (float32 or float64) state.
+        return _lr(group, "lr") if name == "eta" else 0.0
 
     def scalars(self, group, step, where):
         _lr(group, where)
-        kappa = require_range(group["kappa"], f"{where}['kappa']", lo=0.0)
+        kappa = require_range(group["kappa"], f"{where}['kappa']", lo=0.0, hi=_F32_MAX)
         phi = _unit(group, "phi", where, hi_open=False)
         beta = _unit(group, "beta", where)
         return {"kappa": kappa, "one_minus_phi": 1.0 - phi, "beta": beta,

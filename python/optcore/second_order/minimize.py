@@ -2,6 +2,9 @@
 scipy-style interface."""
 from __future__ import annotations
 
+import math
+import numbers
+
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -32,9 +35,15 @@ class OptimizeResult(dict):
         return "\n".join(f"{k:>8}: {self[k]!r}" for k in keys if k in self)
 
 
-def _check_int(value, name: str, lo: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < lo:
-        raise ValueError(f"{name}: expected an integer >= {lo}, got {value!r}")
+def _check_int(value, name: str, lo: int, hi: Optional[int] = None) -> int:
+    """``value`` as an int in [lo, hi], or a ValueError/TypeError naming ``name``
+    (NaN, infinities, non-integral floats, bools and strings included)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected an integer, got {value!r}")
+    if not math.isfinite(value) or int(value) != value or value < lo or \
+            (hi is not None and value > hi):
+        bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: expected an integer {bounds}, got {value!r}")
     return int(value)
 
 

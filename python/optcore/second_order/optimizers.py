@@ -15,8 +15,10 @@ from typing import Any, Callable, List, Optional
 import numpy as np
 
 from .. import _arrays
+from .._threads import serialised
 from ._engine import (LINE_SEARCHES, BFGSEngine, CGEngine, LBFGSEngine, LoopState, NonFiniteError,
-                      Objective, VectorPool, _is_host_vector, run_iterations)
+                      Objective, VectorPool, _is_host_vector, held_vectors, run_iterations)
+from .minimize import _check_int
 from .newton import NewtonEngine, check_hessian_fits, finite_difference_hessian, run_newton
 
 
@@ -51,9 +53,7 @@ class _SecondOrder:
         if line_search not in LINE_SEARCHES or line_search == "exact":
             raise ValueError(f"line_search: expected 'strong_wolfe', 'armijo' or None, "
                              f"got {line_search!r}")
-        if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
-            raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
-        self.max_iter = int(max_iter)
+        self.max_iter = _check_int(max_iter, "max_iter", 1)
         self.line_search = line_search
         self.lr = _arrays.require_range(lr, "lr", 0.0, lo_open=True)
         self.gtol = _arrays.require_range(gtol, "gtol", 0.0)
@@ -121,6 +121,7 @@ class _SecondOrder:
             return float(loss), g
         return evaluate
 
+    @serialised  # README, "Threads"
     def step(self, closure: Callable) -> float:
         """Run up to ``max_iter`` iterations; returns the loss at the final parameters.
 
@@ -150,6 +151,8 @@ class _SecondOrder:
             obj.placed = None
         if x_final is not obj.placed:
             self._scatter(x_final)
+        # The parameters hold x now; only what the engine reads later stays leased.
+        self._vectors().release_except(held_vectors(getattr(self, "engine", None)))
         self.nfev += obj.nfev
         return f_final if f_final is not None else float("nan")
 
@@ -166,7 +169,8 @@ class _LineSearchOptimizer(_SecondOrder):
         return run_iterations(self.engine, obj, x, f, g, self.loop, max_iter=self.max_iter,
                               gtol=self.gtol, ftol=self.ftol, line_search=self.line_search,
                               c1=self.c1, c2=self.c2, lr=self.lr, callback=track,
-                              new_vector=self._vectors().take)
+                              new_vector=self._vectors().take,
+                              release_except=self._vectors().release_except)
 
 
 class LBFGS(_LineSearchOptimizer):
@@ -199,9 +203,7 @@ class LBFGS(_LineSearchOptimizer):
                  comm: Any = None):
         super().__init__(params, max_iter=max_iter, line_search=line_search, lr=lr, gtol=gtol,
                          ftol=ftol, c1=c1, c2=c2)
-        if isinstance(history_size, bool) or int(history_size) != history_size or \
-                not 1 <= history_size <= 1024:
-            raise ValueError(f"history_size: expected an integer in [1, 1024], got {history_size!r}")
+        history_size = _check_int(history_size, "history_size", 1, 1024)
         eps = _arrays.require_range(curvature_eps, "curvature_eps", 0.0, 1.0, hi_open=True)
         self.comm = comm
         if comm is not None:
