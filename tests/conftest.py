@@ -52,3 +52,15 @@ def skip_without_cuda() -> None:
         pytest.skip("no CUDA GPU: optcore was built without its CUDA module")
     if _cuda.device_count() <= 0:
         pytest.skip("no CUDA GPU: no device visible")
+
+
+def cupy_or_skip():
+    """The cupy module, or skip unless cupy sees a GPU and optcore has its CUDA module."""
+    cupy = pytest.importorskip("cupy", reason="no CUDA GPU: cupy is not installed")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA GPU: no device visible")
+    except Exception as exc:  # noqa: BLE001 - any runtime failure means no usable GPU
+        pytest.skip(f"no CUDA GPU: {exc}")
+    skip_without_cuda()
+    return cupy

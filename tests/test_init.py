@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from optcore import init, nn
+from tests.conftest import cupy_or_skip
 
 
 def test_uniform_bounds_and_variance():
@@ -170,12 +171,7 @@ def test_lsuv_without_orthogonal_keeps_directions():
 
 @pytest.mark.cuda
 def test_cupy_same_values_as_numpy():
-    cupy = pytest.importorskip("cupy", reason="no CUDA GPU: cupy is not installed")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA GPU: no device visible")
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no CUDA GPU: {exc}")
+    cupy_or_skip()
     a = init.orthogonal(9, 4, gain="relu", rng=3)
     b = init.orthogonal(9, 4, gain="relu", rng=3, xp="cuda")
     assert isinstance(b, cupy.ndarray)

@@ -69,29 +69,7 @@ def _free_port() -> int:
 
 
 def test_zero_redundancy_optimizer_over_ddp_matches_torch(tmp_path):
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    out = tmp_path / "result.pt"
-    port = str(_free_port())
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(WORLD), port, str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-             for r in range(WORLD)]
-    logs = []
-    try:
-        for p in procs:
-            try:
-                logs.append(p.communicate(timeout=TIMEOUT_S)[0].decode(errors="replace"))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"a rank did not finish within {TIMEOUT_S} s")
-    finally:
-        for p in procs:  # a failing rank must not leave the other waiting
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {r} failed:\n{log[-3000:]}"
-    results = torch.load(out)
+    results = _run_ranks(tmp_path, RANK_SCRIPT)
     for name, rel in results.items():
         assert rel <= 1e-10, f"ZeroRedundancyOptimizer({name}): relative difference {rel}"
 
@@ -169,7 +147,7 @@ def _run_ranks(tmp_path, source: str):
                 pytest.fail(f"a rank did not finish within {TIMEOUT_S} s")
     finally:
         for p in procs:
-            if p.poll() is None:
+            if p.poll() is None:  # a failing rank must not leave the other waiting
                 p.kill()
                 p.wait()
     for r, (p, log) in enumerate(zip(procs, logs)):

@@ -4,16 +4,7 @@ import pytest
 
 import optcore
 from optcore import nn
-
-
-def _cupy():
-    cupy = pytest.importorskip("cupy", reason="no CUDA GPU: cupy is not installed")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA GPU: no device visible")
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no CUDA GPU: {exc}")
-    return cupy
+from tests.conftest import cupy_or_skip
 
 
 def _net(xp):
@@ -23,7 +14,7 @@ def _net(xp):
 
 @pytest.mark.cuda
 def test_forward_backward_match_numpy():
-    cupy = _cupy()
+    cupy = cupy_or_skip()
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(10, 6)), rng.integers(0, 3, size=10)
     a, b = _net(np), _net(cupy)
@@ -37,7 +28,7 @@ def test_forward_backward_match_numpy():
 
 @pytest.mark.cuda
 def test_cupy_network_with_an_optimizer():
-    cupy = _cupy()
+    cupy = cupy_or_skip()
     if not optcore.backend()["cuda"].get("usable", False):
         pytest.skip("no CUDA GPU: this optcore build has no usable CUDA module")
     rng = np.random.default_rng(1)

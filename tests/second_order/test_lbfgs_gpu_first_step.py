@@ -13,6 +13,7 @@ import pytest
 
 import optcore
 from optcore.second_order._engine import LBFGSEngine
+from tests.conftest import cupy_or_skip
 
 
 class _FakeStream:
@@ -44,20 +45,6 @@ def test_gpu_engine_reports_curvature_from_the_device_count(count, expected):
     assert eng.ws.streams == [_FakeStream.ptr]  # read in the caller's stream order
 
 
-def _cupy_or_skip():
-    cupy = pytest.importorskip("cupy", reason="no CUDA GPU: cupy is not installed")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA GPU: no device visible")
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no CUDA GPU: {exc}")
-    try:
-        from optcore import _cuda  # noqa: F401
-    except ImportError:
-        pytest.skip("no CUDA GPU: optcore was built without its CUDA module")
-    return cupy
-
-
 def _problem(xp, n=40):
     rng = np.random.default_rng(5)
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -74,7 +61,7 @@ def _problem(xp, n=40):
 @pytest.mark.cuda
 @pytest.mark.parametrize("iterations", [1, 2, 5])
 def test_gpu_lbfgs_first_steps_equal_cpu(iterations):
-    cupy = _cupy_or_skip()
+    cupy = cupy_or_skip()
     n = 40
     cpu = optcore.minimize(_problem(np), np.zeros(n), method="lbfgs", jac=True, max_iter=iterations)
     gpu = optcore.minimize(_problem(cupy), cupy.zeros(n), method="lbfgs", jac=True,
