@@ -12,6 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 
+# The build runs without isolation (so its build dir can be kept apart): the
+# build backend has to be in this environment.
+python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja
+
 target=.ci-sanitize
 rm -rf "$target" build/sanitize
 OPTCORE_CUDA=OFF OPTCORE_SANITIZE=address,undefined \
