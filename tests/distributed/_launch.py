@@ -117,3 +117,11 @@ def run(script: str, engine: str, n: int, outdir: Path, args: List[str] = (),
     if failed:
         text = "\n".join(f"--- {p.name}\n{p.read_text()[-6000:]}" for p in logs)
         raise AssertionError(f"{script} on {n} ranks ({engine}): {failed}\n{text}")
+
+
+def run_saved(script: str, stem: str, engine: str, n: int, tmp_path_factory) -> list:
+    """Run ``script`` on ``n`` ranks and load what each rank saved as ``<stem>.<rank>.npz``."""
+    import numpy as np
+    out = tmp_path_factory.mktemp(f"{stem}_{engine}_{n}")
+    run(script, engine, n, out)
+    return [dict(np.load(out / f"{stem}.{r}.npz")) for r in range(n)]

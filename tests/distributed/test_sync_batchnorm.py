@@ -14,9 +14,7 @@ RUNS = [("mpi", 1), ("mpi", 2), ("mpi", 3), ("torch", 2), ("torch", 3)]
 @pytest.fixture(scope="module", params=RUNS, ids=[f"{e}-{n}" for e, n in RUNS])
 def run(request, tmp_path_factory):
     engine, n = request.param
-    out = tmp_path_factory.mktemp(f"bn_{engine}_{n}")
-    _launch.run("bn_worker.py", engine, n, out)
-    return engine, n, [dict(np.load(out / f"bn.{r}.npz")) for r in range(n)]
+    return engine, n, _launch.run_saved("bn_worker.py", "bn", engine, n, tmp_path_factory)
 
 
 def close(got, want, tol, what, cond=1.0):
