@@ -40,6 +40,7 @@ This module imports torch; the rest of optcore never does.
 from __future__ import annotations
 
 import itertools
+import re
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -52,6 +53,11 @@ from .optim import registry as _registry
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "LBFGS", "Momentum", "Nesterov",
            "RMSPropNesterov", "DeltaBarDelta"]
+
+class _optimizer_hooks:  # torch.optim's global step hooks (dicts that stay the same objects)
+    from torch.optim.optimizer import (  # noqa: E402
+        _global_optimizer_post_hooks as post, _global_optimizer_pre_hooks as pre)
+
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -167,6 +173,7 @@ class _Adapter(torch.optim.Optimizer):
         self._inners: List[_Inner] = []
         self._key: Optional[Tuple] = None
         self._gather: Any = None  # _core.TensorGather over the current plan, None to re-plan
+        self._written: List[Any] = []  # each native optimizer's written Intervals at that plan
         self._handle = _register(self)  # how the torch.compile custom op finds this optimizer
         super().__init__(params, defaults)
         for gi, group in enumerate(self.param_groups):
@@ -211,6 +218,17 @@ class _Adapter(torch.optim.Optimizer):
                 if q is p:
                     return f"param_groups[{gi}]['params'][{i}]"
         return "a parameter"
+
+    def _torch_names(self, message: str, inner: "_Inner") -> str:
+        """A native optimizer's message with its ``grads[i]`` / ``params[i]`` (positions in
+        its own flat order) replaced by the torch names of those parameters."""
+        flat = [p for _, ps in inner.groups for p in ps]
+
+        def name(match: "re.Match[str]") -> str:
+            i = int(match.group(2))
+            where = self._name(flat[i]) if i < len(flat) else match.group(0)
+            return where if match.group(1) == "params" else f"the grad of {where}"
+        return re.sub(r"\b(grads|params)\[(\d+)\]", name, message)
 
     def _check_param(self, p: torch.Tensor) -> None:
         g = p.grad
@@ -300,17 +318,50 @@ class _Adapter(torch.optim.Optimizer):
         for inner in inners:
             inner.index = np.array([position[id(p)] for _, ps in inner.groups for p in ps],
                                    dtype=np.intp)
+        for inner in inners:
+            if len(inner.index) == len(flat) and \
+                    bool(np.array_equal(inner.index, np.arange(len(flat)))):
+                inner.index = None  # every parameter, in order: no gather of the pointers
+        self._written = [inner.native._written for inner in inners]
         if _DTENSOR is not None and any(isinstance(p, _DTENSOR) for p in flat):
             self._gather = _NoGather()  # DTensor: the Python path reads the local shards
-        else:
-            self._gather = _core.TensorGather(flat, [p.data_ptr() for p in flat],
-                                              [id(p) in planned for p in flat])
+            return
+        # Every buffer the step writes, over all the native optimizers, sorted: the
+        # gradients are checked against them in the gather pass, and no two may overlap
+        # (parameters sharing memory across native optimizers are refused here).
+        spans = sorted((int(a), int(b), name) for w in self._written
+                       for a, b, name in zip(w.starts, w.ends, w.names))
+        for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise ValueError(f"{bn} overlaps {an} in memory; every parameter must be a "
+                                 "separate buffer that optcore can update in place")
+        self._gather = _core.TensorGather(
+            flat, [p.data_ptr() for p in flat], [id(p) in planned for p in flat],
+            [p.numel() * p.element_size() if id(p) in planned else 0 for p in flat],
+            [a for a, _, _ in spans], [b for _, b, _ in spans])
 
-    @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        """One update from ``p.grad``; ``closure`` re-evaluates the loss as in torch.optim."""
+        """One update from ``p.grad``; ``closure`` re-evaluates the loss as in torch.optim.
+
+        Step hooks (global and per optimizer) and the profiler's
+        ``Optimizer.step#<class>.step`` range run as in torch.optim, through torch's own
+        wrapper whenever a hook is registered, the profiler is on or torch.compile is
+        tracing; otherwise the step skips that wrapper (about 20 µs of host time)."""
+        if (_optimizer_hooks.pre or _optimizer_hooks.post or self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks or torch.compiler.is_compiling()
+                or torch._C._autograd._profiler_enabled()):
+            return self._hooked_step(closure)
+        return self._unhooked_step(closure)
+
+    # torch.optim wraps an optimizer's step once per class unless it is marked hooked.
+    step.hooked = True  # type: ignore[attr-defined]
+    # lr schedulers wrap an optimizer's step to note that it was called; that wrapper lives in
+    # a file torch.compile will not trace. This step notes it itself (_opt_called below).
+    step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+
+    def _unhooked_step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         loss = None
-        self._opt_called = True  # what an lr scheduler's step wrapper would record (see below)
+        self._opt_called = True  # what an lr scheduler's step wrapper would record (see above)
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -318,47 +369,53 @@ class _Adapter(torch.optim.Optimizer):
             # Under torch.compile the step is one opaque custom op (fake: no-op); it reads the
             # hyper-parameters when it runs, so an lr scheduler causes no recompile.
             # The group dicts are not read here: dynamo would guard on their values (lr).
-            params = [p for ps in self._param_lists for p in ps if p.grad is not None]
-            torch.ops.optcore.torch_step(self._handle, params, [p.grad for p in params])
+            with torch.no_grad():
+                params = [p for ps in self._param_lists for p in ps if p.grad is not None]
+                torch.ops.optcore.torch_step(self._handle, params, [p.grad for p in params])
             return loss
         self._eager_step()
         return loss
 
-    # lr schedulers wrap an optimizer's step to note that it was called; that wrapper lives in
-    # a file torch.compile will not trace. This step notes it itself (_opt_called above).
-    step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_unhooked_step)
 
     def _eager_step(self) -> None:
-        ptrs = None if self._gather is None else self._gather.gather()
+        gather = self._gather
+        ptrs = None
+        if gather is not None and all(inner.native._written is w
+                                      for inner, w in zip(self._inners, self._written)):
+            ptrs = gather.gather()
         if ptrs is None:
             # Something changed (a grad appeared or went, storage was rebound, a group was
-            # added), or a grad needs the named checks: re-plan when the set changed.
+            # added, a native optimizer allocated a buffer), or a grad needs the named
+            # checks: re-plan when the set changed.
             with_grad, key = self._live()
-            if key != self._key or self._gather is None:
+            if key != self._key or gather is None or not all(
+                    inner.native._written is w for inner, w in zip(self._inners, self._written)):
                 self._key, self._gather = None, None
-                self._plan(with_grad)
+                with torch.no_grad():
+                    self._plan(with_grad)
                 self._key = key
                 ptrs = self._gather.gather()
         if not self._inners:
             return
-        # Check every gradient of every native optimizer before any of them writes.
+        # Every gradient of every native optimizer is checked before any of them writes:
+        # by the gather pass (dtype, contiguity, storage, aliasing), else by name here.
         checked = []
         for inner in self._inners:
-            inner_ptrs = None if ptrs is None else ptrs[inner.index]
-            if inner_ptrs is not None:
-                checker = inner.native._fast_checker
-                bad, _ = checker.written.first_overlap(inner_ptrs, inner_ptrs + checker.nbytes)
-                if bad >= 0:
-                    inner_ptrs = None
+            inner_ptrs = None if ptrs is None else ptrs if inner.index is None else ptrs[inner.index]
             if inner_ptrs is None:
                 grads = [_local(p.grad) for _, ps in inner.groups for p in ps]
                 for _, ps in inner.groups:
                     for p in ps:
                         self._check_param(p)
-                inner_ptrs = inner.native._check_grads(grads)
+                try:
+                    inner_ptrs = inner.native._check_grads(grads)
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(self._torch_names(str(exc), inner)) from None
+            native = inner.native
             for k, (gi, _) in enumerate(inner.groups):
-                inner.native.param_groups[k].update(self._native(self.param_groups[gi])[1])
-            checked.append((inner, inner_ptrs, inner.native._all_scalars()))
+                native.param_groups[k].update(self._native(self.param_groups[gi])[1])
+            checked.append((inner, inner_ptrs, native._all_scalars()))
         for inner, inner_ptrs, scalars in checked:
             inner.native._step_checked(inner_ptrs, scalars)
             for step_tensor, count in zip(inner.steps, inner.native._steps):
@@ -366,11 +423,11 @@ class _Adapter(torch.optim.Optimizer):
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
-        # Each parameter gets its own copies, as torch.optim's state dicts hold.
-        for entry in sd["state"].values():
-            for k, v in list(entry.items()):
-                if isinstance(v, torch.Tensor):
-                    entry[k] = v.clone()
+        # Copies of the live buffers, in new dicts: torch's packing shares each entry dict
+        # with self.state, whose views the next steps must keep updating.
+        sd["state"] = {i: {k: v.clone() if isinstance(v, torch.Tensor) else v
+                           for k, v in entry.items()}
+                       for i, entry in sd["state"].items()}
         return sd
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -589,8 +646,10 @@ class LBFGS(torch.optim.Optimizer):
     the parameters must share one dtype (float32 or float64) and device.
     ``tolerance_grad`` stops when max|g| ≤ it, ``tolerance_change`` when the loss
     changes by less. With ``line_search_fn=None`` each iteration starts from the fixed
-    step ``lr`` as torch's does, but backtracks (Armijo) where that step would raise the loss. ``max_eval`` is accepted for compatibility; the line search bounds
-    its own evaluations. Returns the loss of the first evaluation, as torch does.
+    step ``lr`` as torch's does, but backtracks (Armijo) where that step would raise the
+    loss. ``max_eval`` bounds the closure calls of one ``step`` as in torch: checked after
+    each iteration (a line search in progress finishes, bounded by its own 25
+    evaluations). Returns the loss of the first evaluation, as torch does.
     """
 
     def __init__(self, params, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-07,
@@ -645,6 +704,7 @@ class LBFGS(torch.optim.Optimizer):
         native = self._native
         native.lr = float(_scalar(group["lr"]))
         native.max_iter = int(group["max_iter"])
+        native.max_eval = int(group["max_eval"])
         native.gtol = float(group["tolerance_grad"])
         native.ftol = float(group["tolerance_change"])
         first: List[Any] = []
