@@ -471,10 +471,13 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
                    gtol: float, ftol: float, line_search: Optional[str], c1: float, c2: float,
                    lr: float = 1.0, hessp: Optional[Callable] = None,
                    max_ls_evaluations: int = 25, callback: Optional[Callable] = None,
+                   max_eval: Optional[int] = None,
                    new_vector: Optional[Callable[[], Any]] = None,
                    release_except: Optional[Callable[[tuple], None]] = None) -> LoopOutcome:
     """Iterate x ← x + αd, d from ``engine``, α from the line search, until
-    ‖g‖∞ ≤ gtol, the relative decrease of J falls to ftol, or max_iter.
+    ‖g‖∞ ≤ gtol, the relative decrease of J falls to ftol, or max_iter; with
+    ``max_eval``, also once ``obj`` has made that many evaluations (checked after
+    each iteration, as torch.optim.LBFGS does: a step makes at least one).
 
     ``new_vector()`` gives the buffer for trial points (default: a fresh array).
     ``release_except(keep)`` is called at each iteration boundary with the
@@ -492,6 +495,9 @@ def run_iterations(engine, obj: Objective, x, f: float, g, state: LoopState, *, 
                                "(gradient norm below gtol).", 0)
         if nit >= max_iter:
             return LoopOutcome(x, f, g, nit, False, "Maximum number of iterations reached.", 1)
+        if max_eval is not None and nit > 0 and obj.nfev >= max_eval:
+            return LoopOutcome(x, f, g, nit, False,
+                               "Maximum number of function evaluations reached.", 1)
         d, dphi0, gg = _direction_and_slope(engine, g, xp)
         if not dphi0 < 0:
             engine.reset()

@@ -54,6 +54,9 @@ class _SecondOrder:
             raise ValueError(f"line_search: expected 'strong_wolfe', 'armijo' or None, "
                              f"got {line_search!r}")
         self.max_iter = _check_int(max_iter, "max_iter", 1)
+        #: stop a step at an iteration boundary once this many evaluations were spent
+        #: (None: no bound beyond max_iter and the line search's own); torch's max_eval
+        self.max_eval: Optional[int] = None
         self.line_search = line_search
         self.lr = _arrays.require_range(lr, "lr", 0.0, lo_open=True)
         self.gtol = _arrays.require_range(gtol, "gtol", 0.0)
@@ -169,6 +172,7 @@ class _LineSearchOptimizer(_SecondOrder):
         return run_iterations(self.engine, obj, x, f, g, self.loop, max_iter=self.max_iter,
                               gtol=self.gtol, ftol=self.ftol, line_search=self.line_search,
                               c1=self.c1, c2=self.c2, lr=self.lr, callback=track,
+                              max_eval=self.max_eval,
                               new_vector=self._vectors().take,
                               release_except=self._vectors().release_except)
 
