@@ -9,13 +9,13 @@ from . import _core
 from ._backend import backend
 from . import amp, averaging, schedules
 from .clipping import clip_grad_norm_, clip_grad_value_
-from .optim import (SGD, AdaDelta, AdaGrad, Adam, AdamW, DeltaBarDelta, Momentum, Nesterov, Optimizer,
-                    RMSProp, RMSPropNesterov)
+from . import optim
+from .optim import *  # noqa: F401,F403  (Optimizer and every first-order class; see optim.registry)
 
 __version__ = "0.1.0"
 
-__all__ = ["backend", "schedules", "amp", "averaging", "clip_grad_norm_", "clip_grad_value_", "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad",
-           "RMSProp", "RMSPropNesterov", "Adam", "AdamW", "AdaDelta", "DeltaBarDelta"]
+__all__ = ["backend", "schedules", "amp", "averaging", "clip_grad_norm_", "clip_grad_value_",
+           *optim.__all__]
 
 # optcore.torch (torch.optim subclasses) is imported on demand: `import optcore.torch`.
 

@@ -39,6 +39,7 @@ This module imports torch; the rest of optcore never does.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import re
 import weakref
@@ -51,7 +52,7 @@ from . import _core
 from . import optim as _optim
 from .optim import registry as _registry
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "LBFGS", "Momentum", "Nesterov",
+__all__ = ["SGD", "Adam", "Adagrad", "RMSprop", "Adadelta", "LBFGS", "Momentum", "Nesterov",
            "RMSPropNesterov", "DeltaBarDelta"]
 
 class _optimizer_hooks:  # torch.optim's global step hooks (dicts that stay the same objects)
@@ -515,18 +516,6 @@ class Adam(_Adapter):
                                  **_common(group))
 
 
-class AdamW(Adam):
-    """torch.optim.AdamW: Adam with decoupled weight decay θ ← θ − ελθ (Loshchilov & Hutter)."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, foreach=foreach, maximize=maximize,
-                         capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True)
-
-
 class Adagrad(_Adapter):
     """torch.optim.Adagrad: Algorithm 8.4 with torch's lr_decay and initial accumulator."""
 
@@ -635,6 +624,32 @@ class DeltaBarDelta(_BookRule):
     def __init__(self, params: Any, lr: float = 0.01, kappa: float = 1e-4, phi: float = 0.1,
                  beta: float = 0.7, **options: Any):
         super().__init__(params, dict(lr=lr, kappa=kappa, phi=phi, beta=beta), options)
+
+
+def _torch_variant(name: str, variant: "_registry.Variant") -> type:
+    """The adapter of a registry variant: the base's adapter with the variant's fixed
+    hyper-parameters, under the signature and defaults of torch's class of that name."""
+    base = globals()[_registry.OPTIMIZERS[variant.base][1]]
+    signature = inspect.signature(getattr(torch.optim, _registry.OPTIMIZERS[name][1]).__init__)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        base.__init__(self, **arguments, **variant.fixed)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    return type(name, (base,), {"__init__": __init__, "__doc__": f"torch.optim.{name}: "
+                                + variant.doc, "__module__": __name__, "__qualname__": name})
+
+
+for _name, _row in _registry.VARIANTS.items():
+    if _registry.OPTIMIZERS[_name][1] is None or _registry.OPTIMIZERS[_row.base][1] is None:
+        continue  # no torch.optim class to take the signature from
+    globals()[_name] = _torch_variant(_name, _row)
+    if _name not in __all__:
+        __all__.append(_name)
 
 
 class LBFGS(torch.optim.Optimizer):

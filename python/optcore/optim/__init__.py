@@ -1,7 +1,6 @@
 """First-order optimizers (SPEC §1) over the fused CPU/CUDA update kernels."""
+from . import first_order
 from .base import Optimizer
-from .first_order import (SGD, AdaDelta, AdaGrad, Adam, AdamW, DeltaBarDelta, Momentum, Nesterov,
-                          RMSProp, RMSPropNesterov)
+from .first_order import *  # noqa: F401,F403  (the classes, variants from the registry included)
 
-__all__ = ["Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "RMSPropNesterov",
-           "Adam", "AdamW", "AdaDelta", "DeltaBarDelta"]
+__all__ = ["Optimizer"] + first_order.__all__

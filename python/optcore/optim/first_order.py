@@ -10,10 +10,11 @@ import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .._arrays import require_range
+from . import registry
 from .base import Optimizer, Params
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "RMSPropNesterov", "Adam",
-           "AdamW", "AdaDelta", "DeltaBarDelta"]
+           "AdaDelta", "DeltaBarDelta"]
 
 Schedule = Optional[Callable[[int], float]]
 _CONVENTIONS = ("book", "torch")
@@ -268,17 +269,6 @@ class Adam(Optimizer):
                 "eps": eps}
 
 
-class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), torch.optim.AdamW:
-    θ ← θ − ελθ, then the Adam step; λ = ``weight_decay`` (default 0.01)."""
-
-    def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, **options: Any):
-        options.setdefault("decoupled_weight_decay", True)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         **options)
-
-
 class AdaDelta(Optimizer):
     """AdaDelta (section 8.5.4; Zeiler 2012).
 
@@ -331,3 +321,23 @@ class DeltaBarDelta(Optimizer):
         beta = _unit(group, "beta", where)
         return {"kappa": kappa, "one_minus_phi": 1.0 - phi, "beta": beta,
                 "one_minus_beta": 1.0 - beta}
+
+
+def _variant(name: str, variant: registry.Variant) -> type:
+    """The class of a :data:`registry.VARIANTS` row: its base with the row's
+    hyper-parameters fixed and defaults changed (each still overridable by keyword)."""
+    base = globals()[variant.base]
+
+    def __init__(self, params: Params, *args: Any, **kwargs: Any) -> None:
+        for key, value in {**variant.defaults, **variant.fixed}.items():
+            kwargs.setdefault(key, value)
+        base.__init__(self, params, *args, **kwargs)
+
+    __init__.__doc__ = base.__init__.__doc__
+    return type(name, (base,), {"__init__": __init__, "__doc__": variant.doc,
+                                "__module__": __name__, "__qualname__": name})
+
+
+for _name, _row in registry.VARIANTS.items():
+    globals()[_name] = _variant(_name, _row)
+    __all__.append(_name)

@@ -15,17 +15,20 @@ Two halves, each written once:
 
 Adding a rule: its header plus one ``X(id, Rule)`` line in all.h, one
 :data:`STATES` row (plus an :data:`OPTIMIZERS` row for a new class), its
-reference transcription, its docs.
+reference transcription, its docs. A class that is another with options fixed
+(AdamW is Adam with decoupled weight decay) is one :data:`VARIANTS` row plus its
+:data:`OPTIMIZERS` row: the native class, the optcore.torch adapter and the
+exports are generated from them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import _core
 
-__all__ = ["KernelRule", "KERNEL_RULES", "STATES", "OPTIMIZERS", "kernel_rule", "pack",
-           "state_names", "torch_state_names"]
+__all__ = ["KernelRule", "KERNEL_RULES", "STATES", "OPTIMIZERS", "Variant", "VARIANTS",
+           "kernel_rule", "pack", "state_names", "torch_state_names"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,27 @@ OPTIMIZERS: Dict[str, Tuple[Tuple[str, ...], Optional[str]]] = {
 }
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A class that is another class with some hyper-parameters fixed and some defaults
+    changed. Both the native class (optcore.<name>) and the torch.optim adapter
+    (optcore.torch.<name>, with the torch class's own signature) are generated from it."""
+
+    base: str                   # the optcore class it specialises
+    fixed: Mapping[str, Any]    # hyper-parameters it sets (on both faces)
+    defaults: Mapping[str, Any]  # native defaults it changes (torch's come from torch)
+    doc: str
+
+
+#: optcore class -> the variant it is (each also has its OPTIMIZERS row)
+VARIANTS: Dict[str, Variant] = {
+    "AdamW": Variant("Adam", {"decoupled_weight_decay": True}, {"weight_decay": 1e-2},
+                     "Adam with decoupled weight decay (Loshchilov & Hutter 2019), as "
+                     "torch.optim.AdamW: θ ← θ − ελθ, then the Adam step; λ = ``weight_decay`` "
+                     "(default 0.01)."),
+}
+
+
 def kernel_rule(name: str) -> KernelRule:
     """The kernel rule called ``name`` (its C++ struct name)."""
     try:
@@ -115,6 +139,10 @@ def _check_table() -> None:
         for r in rules:
             if r not in STATES:
                 raise ImportError(f"optcore registry: {cls} runs {r}, which STATES does not name")
+    for cls, variant in VARIANTS.items():
+        if cls not in OPTIMIZERS or variant.base not in OPTIMIZERS:
+            raise ImportError(f"optcore registry: variant {cls} of {variant.base} needs an "
+                              "OPTIMIZERS row for both")
 
 
 _check_table()
