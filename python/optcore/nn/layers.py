@@ -15,12 +15,13 @@ from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
 
+from .. import _arrays
 from .. import init as _init
 from ..normalization import batch_norm, batch_norm_backward
 
 
 def _module_of(a: Any) -> Any:
-    return _init.array_module(like=a)
+    return _arrays.array_module(like=a)
 
 
 class Layer:
@@ -90,7 +91,7 @@ class Dense(Layer):
                  bias: Union[float, str, Any, None] = 0.0, nonlinearity: str = "relu",
                  rng: _init.RngLike = None, dtype: Any = np.float32, xp: Any = None):
         m, n = _init._dims(m, n)
-        self.xp = _init.array_module(xp)
+        self.xp = _arrays.array_module(xp)
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise TypeError(f"dtype: expected a floating dtype, got {self.dtype}")
@@ -238,7 +239,7 @@ class BatchNorm(Layer):
     def __init__(self, n: int, *, momentum: Optional[float] = 0.1, eps: float = 1e-5,
                  dtype: Any = np.float32, xp: Any = None, threads: Optional[int] = None):
         n = _init._dims(n, 1)[0]
-        self.xp = _init.array_module(xp)
+        self.xp = _arrays.array_module(xp)
         self.dtype = np.dtype(dtype)
         self.n = n
         self.momentum = momentum
