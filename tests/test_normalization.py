@@ -509,3 +509,42 @@ def test_mixed_devices_are_refused_by_name():
     with pytest.raises(ValueError, match="running_var: on cuda:1 but x is on cpu"):
         normalization._same_device(fake_gpu, cpu, "running_var")
     normalization._same_device(cpu, cpu, "gamma")
+
+
+def test_one_layer_class_for_optcore_and_nn():
+    from optcore import nn
+    assert nn.BatchNorm is optcore.BatchNorm and nn.SyncBatchNorm is optcore.SyncBatchNorm
+    assert optcore.normalization.BatchNorm is optcore.BatchNorm  # the old import path
+    rng = np.random.default_rng(5)
+    a = nn.BatchNorm(3, momentum=None, dtype=np.float64)
+    b = optcore.BatchNorm(3, momentum=None, layout="NC", dtype="float64")
+    grads = a.grads()
+    for _ in range(3):
+        x = rng.normal(2.0, 3.0, (7, 3))
+        dy = rng.normal(size=(7, 3))
+        np.testing.assert_array_equal(a.forward(x, training=True), b(x))
+        np.testing.assert_array_equal(a.backward(dy), b.backward(dy))
+    assert a.grads()[0] is grads[0] and a.grads()[1] is grads[1]  # written in place
+    np.testing.assert_array_equal(a.grad_gamma, b.dgamma)
+    # the mode is the default of forward; the per-call flag overrides it
+    x = rng.normal(size=(5, 3))
+    np.testing.assert_array_equal(a.eval()(x), b.forward(x, training=False))
+    assert not a.training and a.train().training
+    assert "momentum=None" in repr(a) and "layout='NCHW'" in repr(a)
+
+
+def test_layer_state_dict_round_trip():
+    rng = np.random.default_rng(8)
+    a = optcore.BatchNorm(4, layout="NC")
+    for _ in range(2):
+        a.forward(rng.normal(size=(6, 4)).astype(np.float32))
+    a.gamma[...] = rng.uniform(0.5, 2.0, 4)
+    b = optcore.BatchNorm(4, layout="NC")
+    b.load_state_dict(a.state_dict())
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    assert b.num_batches_tracked == 2
+    np.testing.assert_array_equal(a.eval()(x), b.eval()(x))
+    with pytest.raises(ValueError, match="keys"):
+        optcore.BatchNorm(4, affine=False).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="shape"):
+        optcore.BatchNorm(3).load_state_dict(a.state_dict())

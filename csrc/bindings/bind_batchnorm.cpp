@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "bindings/kernel_args.h"
 #include "bindings/registry.h"
 #include "cpu/batchnorm.h"
 
@@ -16,14 +17,6 @@ namespace bindings {
 namespace {
 
 using batchnorm::Dims;
-
-template <class P>
-P* ptr(uintptr_t a) { return reinterpret_cast<P*>(a); }
-
-Dims dims(bool channels_last, int64_t outer, int64_t channels, int64_t inner) {
-  if (outer < 0 || channels < 0 || inner < 0) throw py::value_error("batch norm: negative extent");
-  return Dims{channels_last, outer, channels, channels_last ? 1 : inner};
-}
 
 void bind_batchnorm(py::module_& m) {
   m.def("bn_partition",
@@ -36,7 +29,7 @@ void bind_batchnorm(py::module_& m) {
   m.def("bn_partial_stats",
         [](int dtype, bool cl, int64_t outer, int64_t channels, int64_t inner, uintptr_t x,
            uintptr_t partials, int threads) {
-          const Dims d = dims(cl, outer, channels, inner);
+          const Dims d = batchnorm_dims(cl, outer, channels, inner);
           py::gil_scoped_release nogil;
           batchnorm::cpu_partial_stats(dtype, d, ptr<const void>(x), ptr<double>(partials), threads);
         },
@@ -47,7 +40,7 @@ void bind_batchnorm(py::module_& m) {
         [](int dtype, bool cl, int64_t outer, int64_t channels, int64_t inner, uintptr_t partials,
            int64_t groups, double eps, double factor, uintptr_t saved_mean, uintptr_t saved_invstd,
            uintptr_t running_mean, uintptr_t running_var, int threads) {
-          const Dims d = dims(cl, outer, channels, inner);
+          const Dims d = batchnorm_dims(cl, outer, channels, inner);
           py::gil_scoped_release nogil;
           batchnorm::cpu_merge_stats(dtype, d, ptr<const double>(partials), groups, eps, factor,
                                      ptr<void>(saved_mean), ptr<void>(saved_invstd),
@@ -70,7 +63,7 @@ void bind_batchnorm(py::module_& m) {
         [](int dtype, bool cl, int64_t outer, int64_t channels, int64_t inner, uintptr_t x,
            uintptr_t y, uintptr_t mean, uintptr_t invstd, uintptr_t gamma, uintptr_t beta,
            int threads) {
-          const Dims d = dims(cl, outer, channels, inner);
+          const Dims d = batchnorm_dims(cl, outer, channels, inner);
           py::gil_scoped_release nogil;
           batchnorm::cpu_forward_apply(dtype, d, ptr<const void>(x), ptr<void>(y),
                                        ptr<const void>(mean), ptr<const void>(invstd),
@@ -82,7 +75,7 @@ void bind_batchnorm(py::module_& m) {
   m.def("bn_backward_reduce",
         [](int dtype, bool cl, int64_t outer, int64_t channels, int64_t inner, uintptr_t dy,
            uintptr_t x, uintptr_t mean, uintptr_t partials, int threads) {
-          const Dims d = dims(cl, outer, channels, inner);
+          const Dims d = batchnorm_dims(cl, outer, channels, inner);
           py::gil_scoped_release nogil;
           batchnorm::cpu_backward_reduce(dtype, d, ptr<const void>(dy), ptr<const void>(x),
                                          ptr<const void>(mean), ptr<double>(partials), threads);
@@ -95,7 +88,7 @@ void bind_batchnorm(py::module_& m) {
         [](int dtype, bool cl, int64_t outer, int64_t channels, int64_t inner, uintptr_t partials,
            int64_t groups, uintptr_t invstd, uintptr_t gamma, bool training, uintptr_t dgamma,
            uintptr_t dbeta, uintptr_t coeffs) {
-          const Dims d = dims(cl, outer, channels, inner);
+          const Dims d = batchnorm_dims(cl, outer, channels, inner);
           batchnorm::cpu_backward_finalize(dtype, d, ptr<const double>(partials), groups,
                                            ptr<const void>(invstd), ptr<const void>(gamma),
                                            training, ptr<void>(dgamma), ptr<void>(dbeta),
@@ -108,7 +101,7 @@ void bind_batchnorm(py::module_& m) {
   m.def("bn_backward_apply",
         [](int dtype, bool cl, int64_t outer, int64_t channels, int64_t inner, uintptr_t dy,
            uintptr_t x, uintptr_t dx, uintptr_t mean, uintptr_t coeffs, int threads) {
-          const Dims d = dims(cl, outer, channels, inner);
+          const Dims d = batchnorm_dims(cl, outer, channels, inner);
           py::gil_scoped_release nogil;
           batchnorm::cpu_backward_apply(dtype, d, ptr<const void>(dy), ptr<const void>(x),
                                         ptr<void>(dx), ptr<const void>(mean),

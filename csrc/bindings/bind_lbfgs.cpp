@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/kernel_args.h"
 #include "bindings/registry.h"
 #include "cpu/lbfgs.h"
 
@@ -19,19 +20,30 @@ namespace optcore {
 namespace bindings {
 namespace {
 
-void* as_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+void* as_ptr(uintptr_t p) { return ptr<void>(p); }
 
 bool lbfgs_direction(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y, int64_t ld,
                      uintptr_t s_new, uintptr_t y_new, bool has_new, uintptr_t g, uintptr_t d,
                      double eps, int threads) {
-  if (ld < ws.n()) throw py::value_error("ld: slot stride must be at least n = " + std::to_string(ws.n()));
-  if (!(eps >= 0.0) || !std::isfinite(eps)) throw py::value_error("eps: curvature tolerance must be finite and >= 0");
-  if (threads < 0) throw py::value_error("threads: must be >= 0 (0 = all)");
+  check_slot_stride(ld, ws.n());
+  check_curvature_eps(eps);
+  check_threads(threads);
   if (ws.n() > 0 && (S == 0 || Y == 0 || g == 0 || d == 0 || (has_new && (s_new == 0 || y_new == 0))))
     throw py::value_error("lbfgs_direction: null data pointer");
   cpu::LbfgsBuffers buf{as_ptr(S), as_ptr(Y), ld, as_ptr(s_new), as_ptr(y_new), as_ptr(g), as_ptr(d)};
   py::gil_scoped_release release;
   return ws.direction(buf, has_new, eps, threads).accepted;
+}
+
+// The buffers of the optimizer's form below: the candidate pair is formed from
+// the previous direction, the step length and the two gradients.
+cpu::LbfgsBuffers step_buffers(uintptr_t S, uintptr_t Y, int64_t ld, uintptr_t d, double step,
+                               uintptr_t g_old, bool has_new, uintptr_t g, uintptr_t g_new) {
+  cpu::LbfgsBuffers buf{as_ptr(S), as_ptr(Y), ld, nullptr, nullptr, as_ptr(g), as_ptr(d)};
+  buf.g_old = has_new ? as_ptr(g_old) : nullptr;
+  buf.g_new = has_new && g_new != 0 ? as_ptr(g_new) : nullptr;
+  buf.step = step;
+  return buf;
 }
 
 // The optimizer's form: the candidate is the last step, s = step·d (d holds the
@@ -40,16 +52,13 @@ bool lbfgs_direction(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y, int64_t 
 py::tuple lbfgs_step_direction(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y, int64_t ld,
                                uintptr_t d, double step, uintptr_t g_old, bool has_new, uintptr_t g,
                                double eps, int threads, uintptr_t g_new) {
-  if (ld < ws.n()) throw py::value_error("ld: slot stride must be at least n = " + std::to_string(ws.n()));
-  if (!(eps >= 0.0) || !std::isfinite(eps)) throw py::value_error("eps: curvature tolerance must be finite and >= 0");
-  if (threads < 0) throw py::value_error("threads: must be >= 0 (0 = all)");
+  check_slot_stride(ld, ws.n());
+  check_curvature_eps(eps);
+  check_threads(threads);
   if (has_new && !std::isfinite(step)) throw py::value_error("step: must be finite");
   if (ws.n() > 0 && (S == 0 || Y == 0 || g == 0 || d == 0 || (has_new && g_old == 0)))
     throw py::value_error("lbfgs_step_direction: null data pointer");
-  cpu::LbfgsBuffers buf{as_ptr(S), as_ptr(Y), ld, nullptr, nullptr, as_ptr(g), as_ptr(d)};
-  buf.g_old = has_new ? as_ptr(g_old) : nullptr;
-  buf.g_new = has_new && g_new != 0 ? as_ptr(g_new) : nullptr;
-  buf.step = step;
+  const cpu::LbfgsBuffers buf = step_buffers(S, Y, ld, d, step, g_old, has_new, g, g_new);
   cpu::LbfgsOutcome out;
   {
     py::gil_scoped_release release;
@@ -64,15 +73,12 @@ py::tuple lbfgs_step_direction(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y
 py::array_t<double> lbfgs_step_products(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y,
                                         int64_t ld, uintptr_t d, double step, uintptr_t g_old,
                                         bool has_new, uintptr_t g, int threads, uintptr_t g_new) {
-  if (ld < ws.n()) throw py::value_error("ld: slot stride must be at least n = " + std::to_string(ws.n()));
-  if (threads < 0) throw py::value_error("threads: must be >= 0 (0 = all)");
+  check_slot_stride(ld, ws.n());
+  check_threads(threads);
   if (has_new && !std::isfinite(step)) throw py::value_error("step: must be finite");
   if (ws.n() > 0 && (S == 0 || Y == 0 || g == 0 || d == 0 || (has_new && g_old == 0)))
     throw py::value_error("lbfgs_step_products: null data pointer");
-  cpu::LbfgsBuffers buf{as_ptr(S), as_ptr(Y), ld, nullptr, nullptr, as_ptr(g), as_ptr(d)};
-  buf.g_old = has_new ? as_ptr(g_old) : nullptr;
-  buf.g_new = has_new && g_new != 0 ? as_ptr(g_new) : nullptr;
-  buf.step = step;
+  const cpu::LbfgsBuffers buf = step_buffers(S, Y, ld, d, step, g_old, has_new, g, g_new);
   py::array_t<double> out(ws.product_count());
   const double* sums;
   {
@@ -87,19 +93,16 @@ py::tuple lbfgs_step_apply(cpu::LbfgsWorkspace& ws, uintptr_t S, uintptr_t Y, in
                            uintptr_t d, double step, uintptr_t g_old, bool has_new, uintptr_t g,
                            double eps, py::array_t<double, py::array::c_style | py::array::forcecast> sums,
                            int threads, uintptr_t g_new) {
-  if (ld < ws.n()) throw py::value_error("ld: slot stride must be at least n = " + std::to_string(ws.n()));
-  if (!(eps >= 0.0) || !std::isfinite(eps)) throw py::value_error("eps: curvature tolerance must be finite and >= 0");
-  if (threads < 0) throw py::value_error("threads: must be >= 0 (0 = all)");
+  check_slot_stride(ld, ws.n());
+  check_curvature_eps(eps);
+  check_threads(threads);
   if (has_new && !std::isfinite(step)) throw py::value_error("step: must be finite");
   if (sums.ndim() != 1 || sums.size() != ws.product_count())
     throw py::value_error("sums: expected " + std::to_string(ws.product_count()) +
                           " values (step_products of this history state)");
   if (ws.n() > 0 && (S == 0 || Y == 0 || g == 0 || d == 0 || (has_new && g_old == 0)))
     throw py::value_error("lbfgs_step_apply: null data pointer");
-  cpu::LbfgsBuffers buf{as_ptr(S), as_ptr(Y), ld, nullptr, nullptr, as_ptr(g), as_ptr(d)};
-  buf.g_old = has_new ? as_ptr(g_old) : nullptr;
-  buf.g_new = has_new && g_new != 0 ? as_ptr(g_new) : nullptr;
-  buf.step = step;
+  const cpu::LbfgsBuffers buf = step_buffers(S, Y, ld, d, step, g_old, has_new, g, g_new);
   std::vector<double> copy(sums.data(), sums.data() + sums.size());
   cpu::LbfgsOutcome out;
   {

@@ -2,6 +2,7 @@
 // arguments and validated the same way for the CPU and the CUDA executor, so
 // both refuse the same inputs with the same messages.
 #pragma once
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include "bindings/rule_traits.h"
 #include "optcore/dtypes.h"
 #include "optcore/plan_types.h"
+#include "optcore/step_scalars.h"
 
 namespace optcore {
 namespace bindings {
@@ -103,6 +105,28 @@ inline PlanTables build_plan_tables(const RuleTraitsRow& traits, const std::vect
     out.total += numels[i];
   }
   return out;
+}
+
+// The per-step scalars of UpdatePlan.step: up to kMaxScalars values, the rest zero.
+inline StepScalars step_scalars_from(const std::vector<double>& scalars) {
+  if (scalars.size() > static_cast<size_t>(kMaxScalars))
+    throw pybind11::value_error("scalars: at most " + std::to_string(kMaxScalars) + " values");
+  StepScalars s{};
+  for (int i = 0; i < kMaxScalars; ++i)
+    s.v[i] = i < static_cast<int>(scalars.size()) ? scalars[i] : 0.0;
+  return s;
+}
+
+// The per-step pointer argument of UpdatePlan.step and grad_sum_squares: a
+// one-dimensional uint64 array of `count` data pointers.
+inline pybind11::array_t<uint64_t, pybind11::array::c_style> pointer_array(pybind11::object obj,
+                                                                           size_t count,
+                                                                           const char* name) {
+  auto arr = pybind11::array_t<uint64_t, pybind11::array::c_style>::ensure(obj);
+  if (!arr || arr.ndim() != 1 || static_cast<size_t>(arr.shape(0)) != count)
+    throw pybind11::value_error(std::string(name) + ": expected a uint64 array of " +
+                                std::to_string(count) + " data pointers");
+  return arr;
 }
 
 }  // namespace bindings

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "bindings/kernel_args.h"
 #include "bindings/registry.h"
 #include "cuda/lbfgs_cuda.h"
 
@@ -16,13 +17,13 @@ namespace optcore {
 namespace bindings {
 namespace {
 
-void* as_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+void* as_ptr(uintptr_t p) { return ptr<void>(p); }
 
 void lbfgs_direction_cuda(cuda::LbfgsCudaWorkspace& ws, uintptr_t S, uintptr_t Y, int64_t ld,
                           uintptr_t s_new, uintptr_t y_new, bool has_new, uintptr_t g, uintptr_t d,
                           double eps, uintptr_t stream) {
-  if (ld < ws.n()) throw py::value_error("ld: slot stride must be at least n = " + std::to_string(ws.n()));
-  if (!(eps >= 0.0) || !std::isfinite(eps)) throw py::value_error("eps: curvature tolerance must be finite and >= 0");
+  check_slot_stride(ld, ws.n());
+  check_curvature_eps(eps);
   if (ws.n() > 0 && (S == 0 || Y == 0 || g == 0 || d == 0 || (has_new && (s_new == 0 || y_new == 0))))
     throw py::value_error("lbfgs_direction: null data pointer");
   py::gil_scoped_release release;

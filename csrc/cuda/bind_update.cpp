@@ -28,15 +28,6 @@ namespace optcore {
 namespace bindings {
 namespace {
 
-StepScalars to_scalars(const std::vector<double>& scalars) {
-  if (scalars.size() > static_cast<size_t>(kMaxScalars))
-    throw py::value_error("scalars: at most " + std::to_string(kMaxScalars) + " values");
-  StepScalars s{};
-  for (int i = 0; i < kMaxScalars; ++i)
-    s.v[i] = i < static_cast<int>(scalars.size()) ? scalars[i] : 0.0;
-  return s;
-}
-
 uintptr_t to_stream(py::object stream) {
   if (stream.is_none()) return 0;
   return stream.cast<uintptr_t>();
@@ -70,7 +61,7 @@ class CudaUpdatePlan {
   // grads: uint64 array of device pointers, one per tensor (ignored by rules
   // that read no gradient). stream: a cudaStream_t as an integer, 0 = legacy default.
   void step(py::object grads, const std::vector<double>& scalars, py::object stream) {
-    const StepScalars s = to_scalars(scalars);
+    const StepScalars s = step_scalars_from(scalars);
     const uintptr_t st = to_stream(stream);
     py::array_t<uint64_t, py::array::c_style> arr;
     const uint64_t* p = reads_grad_ ? load_pointers(grads, arr) : nullptr;
@@ -99,7 +90,7 @@ class CudaUpdatePlan {
   }
 
   void set_graph_scalars(const std::vector<double>& scalars, py::object stream) {
-    const StepScalars s = to_scalars(scalars);
+    const StepScalars s = step_scalars_from(scalars);
     const uintptr_t st = to_stream(stream);
     py::gil_scoped_release release;
     plan_->set_graph_scalars(s, st);
@@ -116,10 +107,7 @@ class CudaUpdatePlan {
 
  private:
   const uint64_t* load_pointers(py::object grads, py::array_t<uint64_t, py::array::c_style>& arr) const {
-    arr = py::array_t<uint64_t, py::array::c_style>::ensure(grads);
-    if (!arr || arr.ndim() != 1 || static_cast<size_t>(arr.shape(0)) != numels_.size())
-      throw py::value_error("grads: expected a uint64 array of " + std::to_string(numels_.size()) +
-                            " data pointers");
+    arr = pointer_array(grads, numels_.size(), "grads");
     const uint64_t* p = arr.data();
     for (size_t i = 0; i < numels_.size(); ++i)
       if (numels_[i] > 0 && p[i] == 0)

@@ -20,10 +20,10 @@ __all__ = ["backend", "schedules", "amp", "averaging", "clip_grad_norm_", "clip_
 # optcore.torch (torch.optim subclasses) is imported on demand: `import optcore.torch`.
 
 # Further kernel families append their exports below.
-from .normalization import BatchNorm, batch_norm, batch_norm_backward  # noqa: E402,F401
+from .normalization import batch_norm, batch_norm_backward  # noqa: E402,F401
 from .second_order import BFGS, CG, LBFGS, Newton, NonlinearCG, OptimizeResult, minimize  # noqa: E402
 __all__ += ["minimize", "OptimizeResult", "LBFGS", "BFGS", "CG", "NonlinearCG", "Newton"]
 from . import init, nn  # noqa: E402  (SPEC §4 initialisation, §5 network module)
 from . import diagnostics, strategies  # noqa: E402,F401  (SPEC §5)
-from .normalization import SyncBatchNorm  # noqa: E402,F401
+from .nn.batchnorm import BatchNorm, SyncBatchNorm  # noqa: E402,F401
 from . import distributed  # noqa: E402,F401  (SPEC §8 scale-out; MPI/torch imported on use)

@@ -1,9 +1,13 @@
 """Framework adapter: numpy, cupy and torch arrays -> validated raw views.
 
-This is the only module that knows about array frameworks. Everything else
-works with :class:`View` records (data pointer, element count, dtype code,
+This is the only module that knows about array frameworks. The kernels' callers
+work with :class:`View` records (data pointer, element count, dtype code,
 device, stream) and the checks below, which raise exceptions that name the
-offending argument before anything is written.
+offending argument before anything is written; the Python-level algorithms
+(init, strategies, diagnostics, nn) take their array module and host copies
+from the functions at the end (``array_module``, ``array_namespace``,
+``to_host``, ``clone``, ``assign``). (``optcore.torch`` and
+``optcore.distributed`` adapt torch's own optimizer and process-group APIs.)
 """
 from __future__ import annotations
 
@@ -381,3 +385,93 @@ def available_memory_bytes(device: str = "cpu", device_id: int = -1) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 8 << 30
+
+
+# ---------------------------------------------------------------------------- array modules
+# For the Python-level algorithms (init, strategies, diagnostics, nn) that compute
+# with the inputs' own array module instead of through raw views.
+
+def array_module(xp: Any = None, like: Any = None) -> Any:
+    """The array module (``numpy`` or ``cupy``) selected by ``xp`` or ``like``.
+
+    ``xp`` may be a module, ``"cpu"``/``"numpy"`` or ``"cuda"``/``"cupy"``. A cupy
+    request raises :class:`RuntimeError` with the reason when cupy or a GPU is
+    missing.
+    """
+    if xp is not None and like is not None:
+        raise TypeError("xp/like: pass one of them, not both")
+    if like is not None:
+        mod = type(like).__module__.split(".")[0]
+        if mod == "numpy":
+            return np
+        if mod == "cupy":
+            return _import_cupy("like")
+        raise TypeError(f"like: expected a numpy or cupy array, got {type(like).__name__}")
+    if xp is None or xp is np:
+        return np
+    if isinstance(xp, str):
+        key = xp.lower()
+        if key in ("cpu", "numpy", "np"):
+            return np
+        if key in ("cuda", "gpu", "cupy", "cp") or key.startswith("cuda:"):
+            return _import_cupy("xp")
+        raise ValueError(f"xp: expected 'cpu' or 'cuda', got {xp!r}")
+    if getattr(xp, "__name__", "") == "cupy":
+        return xp
+    raise TypeError(f"xp: expected the numpy or cupy module, or 'cpu'/'cuda', got {xp!r}")
+
+
+def _import_cupy(name: str) -> Any:
+    try:
+        import cupy  # noqa: WPS433 - optional dependency
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise RuntimeError(f"{name}: a CUDA array was requested but cupy is not installed "
+                           "(pip install 'optcore[cuda]')") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        raise RuntimeError(f"{name}: a CUDA array was requested but no CUDA device is usable "
+                           f"({exc})") from exc
+    if count <= 0:  # pragma: no cover
+        raise RuntimeError(f"{name}: a CUDA array was requested but no CUDA device is visible")
+    return cupy
+
+
+def array_namespace(*arrays: Any) -> Any:
+    """``cupy`` if any argument (or any item of a list/tuple argument) is a cupy array, else ``numpy``."""
+    for a in arrays:
+        if isinstance(a, (list, tuple)):
+            for b in a:
+                if is_cupy(b):
+                    return _cupy_module()
+        elif is_cupy(a):
+            return _cupy_module()
+    return np
+
+
+def to_float(x: Any) -> float:
+    """A Python float from a numpy/cupy/torch scalar or 0-d array."""
+    return float(x.item()) if hasattr(x, "item") else float(x)
+
+
+def to_host(a: Any) -> Any:
+    """A cupy array copied to the host; anything else as it is."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    return a
+
+
+def clone(a: Any) -> Any:
+    """A copy of ``a`` in its own framework and device (torch: detached)."""
+    if is_torch(a):
+        return a.detach().clone()
+    return a.copy()
+
+
+def assign(dst: Any, src: Any) -> None:
+    """``dst[...] = src`` in place, without recording autograd history for torch."""
+    if is_torch(dst):
+        with _torch_module().no_grad():
+            dst.copy_(src)
+    else:
+        dst[...] = src

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 import numpy as np
 
+from . import _arrays
 from . import init as _init
 from . import nn
 
@@ -168,7 +169,7 @@ def run_demo(optimizers: Sequence[str] = tuple(OPTIMIZERS), *, epochs: int = 15,
         if not cuda.get("usable", False):
             raise RuntimeError("--device cuda: no usable CUDA backend in this optcore ("
                                + cuda.get("reason", "the CUDA module has no update kernels") + ")")
-    xp = _init.array_module(device)
+    xp = _arrays.array_module(device)
     xtr, ytr, xte, yte = load_digits_split(seed=seed, limit=limit)
     prior = _init.class_marginals(ytr, 10, smoothing=1.0)
     template = build_mlp(xtr.shape[1], hidden, 10, rng=seed, class_prior=prior, xp=xp)

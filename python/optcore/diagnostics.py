@@ -38,15 +38,7 @@ GradFn = Callable[[List[Any]], Sequence[Any]]
 HvpFn = Callable[[List[Any], List[Any]], Sequence[Any]]
 
 
-def _xp(arrays: Sequence[Any]):
-    for a in arrays:
-        if _arrays.is_cupy(a):
-            return _arrays._cupy_module()
-    return np
-
-
-def _f(x: Any) -> float:
-    return float(x.item()) if hasattr(x, "item") else float(x)
+_f = _arrays.to_float
 
 
 def _dot(a: Sequence[Any], b: Sequence[Any]) -> float:
@@ -227,7 +219,7 @@ def top_hessian_eigenvalue(grad_fn: Optional[GradFn], params: Sequence[Any], *,
     params = _arrays.as_list(params, "params")
     if iters < 1:
         raise ValueError(f"iters: expected >= 1, got {iters!r}")
-    xp = _xp(params)
+    xp = _arrays.array_namespace(params)
     rng = np.random.default_rng(seed)
     v = [xp.asarray(rng.standard_normal(tuple(p.shape)), dtype=p.dtype) for p in params]
 

@@ -24,6 +24,9 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from . import _arrays
+from ._arrays import array_module  # public name; the framework code lives in _arrays
+
 RngLike = Union[np.random.Generator, int, None]
 
 __all__ = [
@@ -47,52 +50,6 @@ def as_generator(rng: RngLike, name: str = "rng") -> np.random.Generator:
         return np.random.default_rng(int(rng))
     raise TypeError(f"{name}: expected a numpy.random.Generator, an int seed or None, "
                     f"got {type(rng).__name__}")
-
-
-def array_module(xp: Any = None, like: Any = None) -> Any:
-    """The array module (``numpy`` or ``cupy``) selected by ``xp`` or ``like``.
-
-    ``xp`` may be a module, ``"cpu"``/``"numpy"`` or ``"cuda"``/``"cupy"``. A cupy
-    request raises :class:`RuntimeError` with the reason when cupy or a GPU is
-    missing.
-    """
-    if xp is not None and like is not None:
-        raise TypeError("xp/like: pass one of them, not both")
-    if like is not None:
-        mod = type(like).__module__.split(".")[0]
-        if mod == "numpy":
-            return np
-        if mod == "cupy":
-            return _import_cupy("like")
-        raise TypeError(f"like: expected a numpy or cupy array, got {type(like).__name__}")
-    if xp is None or xp is np:
-        return np
-    if isinstance(xp, str):
-        key = xp.lower()
-        if key in ("cpu", "numpy", "np"):
-            return np
-        if key in ("cuda", "gpu", "cupy", "cp") or key.startswith("cuda:"):
-            return _import_cupy("xp")
-        raise ValueError(f"xp: expected 'cpu' or 'cuda', got {xp!r}")
-    if getattr(xp, "__name__", "") == "cupy":
-        return xp
-    raise TypeError(f"xp: expected the numpy or cupy module, or 'cpu'/'cuda', got {xp!r}")
-
-
-def _import_cupy(name: str) -> Any:
-    try:
-        import cupy  # noqa: WPS433 - optional dependency
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        raise RuntimeError(f"{name}: a CUDA array was requested but cupy is not installed "
-                           "(pip install 'optcore[cuda]')") from exc
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        raise RuntimeError(f"{name}: a CUDA array was requested but no CUDA device is usable "
-                           f"({exc})") from exc
-    if count <= 0:  # pragma: no cover
-        raise RuntimeError(f"{name}: a CUDA array was requested but no CUDA device is visible")
-    return cupy
 
 
 def _float_dtype(dtype: Any) -> np.dtype:
@@ -333,7 +290,7 @@ def class_marginals(labels: Any, num_classes: int, *, smoothing: float = 0.0) ->
     ``smoothing`` adds a pseudo-count to every class (so unseen classes get c_i > 0,
     which :func:`softmax_bias` needs).
     """
-    y = np.asarray(_host(labels)).ravel()
+    y = np.asarray(_arrays.to_host(labels)).ravel()
     if y.size == 0:
         raise ValueError("labels: empty")
     if not np.issubdtype(y.dtype, np.integer):
@@ -361,7 +318,7 @@ def softmax_bias(c: Any, *, dtype: Any = None, xp: Any = None, like: Any = None)
     >>> bool(np.allclose(np.exp(b) / np.exp(b).sum(), [0.7, 0.2, 0.1]))
     True
     """
-    c = np.asarray(_host(c), dtype=np.float64)
+    c = np.asarray(_arrays.to_host(c), dtype=np.float64)
     if c.ndim != 1 or c.size < 1:
         raise ValueError(f"c: expected a 1-D vector of class probabilities, got shape {c.shape}")
     if not np.all(np.isfinite(c)) or np.any(c <= 0):
@@ -408,14 +365,8 @@ def marginal_precision(targets: Any, *, floor: float = 1e-12, dtype: Any = None,
     return _place(1.0 / np.maximum(t.var(axis=0), floor), dtype, xp, like)
 
 
-def _host(a: Any) -> Any:
-    if type(a).__module__.split(".")[0] == "cupy":
-        return a.get()
-    return a
-
-
 def _targets_2d(targets: Any) -> np.ndarray:
-    t = np.asarray(_host(targets), dtype=np.float64)
+    t = np.asarray(_arrays.to_host(targets), dtype=np.float64)
     if t.ndim == 1:
         t = t[:, None]
     if t.ndim != 2 or t.shape[0] < 1:

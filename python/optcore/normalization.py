@@ -22,7 +22,7 @@ Running statistics (PyTorch convention): ``r <- (1 - m) r + m * stat`` where
 while the normalisation itself uses the biased one. ``momentum=None`` gives a
 cumulative average: the factor is ``1 / (num_batches_tracked + 1)``, where
 ``num_batches_tracked`` is the number of batches already averaged in (the
-caller, e.g. :class:`BatchNorm`, counts them).
+caller, e.g. the :class:`optcore.BatchNorm` layer, counts them).
 
 Dtypes: x float32/float64, or float16/bfloat16 with float32 statistics. gamma,
 beta, the running statistics and the saved statistics are float32 for
@@ -468,143 +468,10 @@ def _batch_norm_backward(dy, x, gamma, saved, layout, out, threads, sync, param_
     return dx, dgamma, dbeta
 
 
-# ----------------------------------------------------------------------- layer
-
-class BatchNorm:
-    """A batch-normalisation layer: gamma, beta, running statistics, train/eval mode.
-
-    ``forward(x)`` normalises (training: batch statistics and a running-stat
-    update; eval: running statistics) and remembers what ``backward(dy)``
-    needs; ``backward`` returns dx and stores ``grad_gamma`` / ``grad_beta``.
-    ``momentum=None`` keeps a cumulative average, counting batches in
-    ``num_batches_tracked``.
-
-    Parameters
-    ----------
-    num_features : C.
-    eps, momentum, layout : as in :func:`batch_norm`.
-    affine : learn gamma (init 1) and beta (init 0).
-    track_running_stats : keep running statistics (init mean 0, variance 1).
-    dtype : dtype of the inputs; parameters use the statistics dtype
-        (float32, or float64 for float64 inputs).
-    like : an array whose framework and device the parameters take (default numpy, CPU).
-
-    Examples
-    --------
-    >>> import numpy as np, optcore
-    >>> bn = optcore.BatchNorm(3, layout="NC")
-    >>> y = bn.forward(np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32))
-    >>> dx = bn.backward(np.ones((10, 3), np.float32))
-    >>> bn.eval().training
-    False
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, layout: str = "NCHW",
-                 dtype: str = "float32", like: Any = None, threads: Optional[int] = None):
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features: expected a positive int, got {num_features!r}")
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
-        if dtype not in _arrays.DTYPE_CODES:
-            raise TypeError(f"dtype: expected one of {tuple(_arrays.DTYPE_CODES)}, got {dtype!r}")
-        self.eps = _arrays.require_range(eps, "eps", lo=0.0, lo_open=True)
-        self.momentum = None if momentum is None else _arrays.require_range(momentum, "momentum",
-                                                                            lo=0.0, hi=1.0)
-        self.layout, self.num_features, self.threads = layout, num_features, threads
-        self.dtype = dtype
-        stat = STATE_DTYPE[_arrays.DTYPE_CODES[dtype]]
-        import numpy as np  # noqa: PLC0415
-        ref = _arrays.view_of(like if like is not None else np.empty(0, np.float32), "like")
-
-        def filled(value: float):
-            a = _arrays.empty_array(ref, (num_features,), stat)
-            a[...] = value
-            return a
-
-        self.gamma = filled(1.0) if affine else None
-        self.beta = filled(0.0) if affine else None
-        self.running_mean = filled(0.0) if track_running_stats else None
-        self.running_var = filled(1.0) if track_running_stats else None
-        self.num_batches_tracked = 0
-        self.training = True
-        self.grad_gamma = None
-        self.grad_beta = None
-        self._cache = None
-
-    _comm: Any = None  # SyncBatchNorm: the communicator of the training statistics
-    _param_grads = "local"
-
-    def train(self, mode: bool = True) -> "BatchNorm":
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> "BatchNorm":
-        return self.train(False)
-
-    def parameters(self) -> list:
-        return [p for p in (self.gamma, self.beta) if p is not None]
-
-    def grads(self) -> list:
-        return [g for g, p in ((self.grad_gamma, self.gamma), (self.grad_beta, self.beta))
-                if p is not None]
-
-    def forward(self, x: Any) -> Any:
-        use_batch = self.training or self.running_mean is None
-        y, saved = batch_norm(x, self.gamma, self.beta, self.running_mean, self.running_var,
-                              training=use_batch, momentum=self.momentum, eps=self.eps,
-                              layout=self.layout, num_batches_tracked=self.num_batches_tracked,
-                              threads=self.threads, comm=self._comm)
-        if self.training and self.running_mean is not None:
-            self.num_batches_tracked += 1
-        self._cache = (x, saved)
-        return y
-
-    __call__ = forward
-
-    def backward(self, dy: Any) -> Any:
-        if self._cache is None:
-            raise RuntimeError("backward: call forward first")
-        x, saved = self._cache
-        dx, self.grad_gamma, self.grad_beta = batch_norm_backward(
-            dy, x, self.gamma, saved, layout=self.layout, threads=self.threads,
-            param_grads=self._param_grads)
-        return dx
-
-    def state_dict(self) -> dict:
-        out = {"num_batches_tracked": self.num_batches_tracked}
-        for k in ("gamma", "beta", "running_mean", "running_var"):
-            v = getattr(self, k)
-            if v is not None:
-                out[k] = _arrays.to_numpy(v)
-        return out
-
-
-class SyncBatchNorm(BatchNorm):
-    """:class:`BatchNorm` whose training statistics are those of every rank's batch together.
-
-    Forward and backward are collective over ``comm`` (see :func:`batch_norm`'s
-    ``comm``): one all-gather of the per-channel (count, mean, M2) triples in the
-    forward, one all-reduce of the two channel sums in the backward. Inference uses
-    the running statistics, which every rank updates identically, without
-    communicating.
-
-    Parameters
-    ----------
-    num_features : C.
-    comm : an mpi4py communicator, a torch.distributed ProcessGroup, ``None`` for
-        torch's default group, or an :class:`optcore.distributed.Communicator`.
-    param_grads : ``"local"`` (default: this rank's share of grad_gamma / grad_beta, to be
-        averaged or summed with the other parameters' gradients) or ``"global"`` (the
-        whole batch's, equal on every rank); see :func:`batch_norm_backward`.
-    **options : as :class:`BatchNorm` (eps, momentum, affine, layout, dtype, like, ...).
-    """
-
-    def __init__(self, num_features: int, comm: Any = None, *, param_grads: str = "local",
-                 **options: Any):
-        super().__init__(num_features, **options)
-        if param_grads not in ("local", "global"):
-            raise ValueError(f"param_grads: expected 'local' or 'global', got {param_grads!r}")
-        from .distributed import as_communicator  # noqa: PLC0415
-        self._comm = as_communicator(comm)
-        self._param_grads = param_grads
+def __getattr__(name: str) -> Any:
+    # The layers moved to optcore.nn.batchnorm (one class for optcore and optcore.nn);
+    # imported lazily, since that module imports this one.
+    if name in ("BatchNorm", "SyncBatchNorm"):
+        from .nn import batchnorm  # noqa: PLC0415
+        return getattr(batchnorm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,7 +44,7 @@ def test_equals_one_process_over_concatenated_batch(run, name, mode, momentum):
         # (1e6 at std 2) y and dx are compared relative to max|x|/sigma, their condition.
         cond = cond_g = 1.0
         if abs(offset) > 1e3:
-            xs = float(np.abs(x).max() * np.abs(ref._cache[1].invstd).max())
+            xs = float(np.abs(x).max() * np.abs(ref._saved.invstd).max())
             cond = xs / float(np.abs(y).max())
             cond_g = xs * float(np.abs(dy).sum()) / float(np.abs(ref.grad_gamma).max())
         for r in range(n):

@@ -1,6 +1,6 @@
 """optcore.nn: a small network module on numpy and cupy (SPEC §5).
 
-Dense, ReLU, Tanh, Sigmoid and BatchNorm layers, softmax cross-entropy and
+Dense, ReLU, Tanh, Sigmoid and BatchNorm (also ``optcore.BatchNorm``) layers, softmax cross-entropy and
 squared-error losses, and :class:`Sequential`, whose ``params()`` / ``grads()``
 lists plug straight into the optcore optimizers.
 
@@ -11,11 +11,12 @@ lists plug straight into the optcore optimizers.
 >>> x, y = np.ones((3, 4), np.float32), np.array([0, 1, 1])
 >>> _ = net.loss_and_grads(x, y, nn.SoftmaxCrossEntropy()); opt.step(net.grads())
 """
-from .layers import BatchNorm, Dense, Layer, ReLU, Sigmoid, Tanh
+from .batchnorm import BatchNorm, SyncBatchNorm
+from .layers import Dense, Layer, ReLU, Sigmoid, Tanh
 from .losses import Loss, SoftmaxCrossEntropy, SquaredError
 from .sequential import Sequential, copy_layer
 from .training import accuracy, shuffled_batches, train_epochs
 
-__all__ = ["Layer", "Dense", "ReLU", "Tanh", "Sigmoid", "BatchNorm", "Loss",
+__all__ = ["Layer", "Dense", "ReLU", "Tanh", "Sigmoid", "BatchNorm", "SyncBatchNorm", "Loss",
            "SoftmaxCrossEntropy", "SquaredError", "Sequential", "copy_layer", "accuracy",
            "shuffled_batches", "train_epochs"]

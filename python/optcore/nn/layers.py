@@ -1,4 +1,4 @@
-"""Layers of the small network module: Dense, ReLU, Tanh, Sigmoid, BatchNorm.
+"""Layers of the small network module: Dense, ReLU, Tanh, Sigmoid (BatchNorm: batchnorm.py).
 
 Every layer maps a ``(batch, features)`` array to another and implements
 ``forward(x, training)`` and ``backward(dy) -> dx``. Parameter layers own their
@@ -15,12 +15,12 @@ from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
 
+from .. import _arrays
 from .. import init as _init
-from ..normalization import batch_norm, batch_norm_backward
 
 
 def _module_of(a: Any) -> Any:
-    return _init.array_module(like=a)
+    return _arrays.array_module(like=a)
 
 
 class Layer:
@@ -90,7 +90,7 @@ class Dense(Layer):
                  bias: Union[float, str, Any, None] = 0.0, nonlinearity: str = "relu",
                  rng: _init.RngLike = None, dtype: Any = np.float32, xp: Any = None):
         m, n = _init._dims(m, n)
-        self.xp = _init.array_module(xp)
+        self.xp = _arrays.array_module(xp)
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise TypeError(f"dtype: expected a floating dtype, got {self.dtype}")
@@ -204,92 +204,3 @@ class Sigmoid(Layer):
     def backward(self, dy: Any) -> Any:
         self._require_forward("backward")
         return dy * self._y * (1 - self._y)
-
-
-class BatchNorm(Layer):
-    """Batch normalisation of a (batch, features) activation (section 8.7.1).
-
-    Training: y = γ(x − μ)/σ + β with μ and σ = √(δ + biased variance) over the
-    minibatch (eqs. 8.35–8.37), computed by the optcore kernels
-    :func:`optcore.batch_norm` / :func:`optcore.batch_norm_backward`, whose
-    backward pass goes through μ and σ. Running averages (unbiased variance,
-    PyTorch convention) are updated in training and used when ``training=False``.
-
-    Parameters
-    ----------
-    n
-        Number of features.
-    momentum, eps
-        Running-average rate m, r ← (1 − m)r + m·stat, and δ. ``None`` means a
-        cumulative average over the training batches seen (the layer passes
-        m = 1/k for its k-th batch).
-    threads
-        CPU threads for the kernels (None: the OpenMP default). Small
-        activations can run faster on one thread.
-
-    Example
-    -------
-    >>> bn = BatchNorm(3)
-    >>> y = bn.forward(np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32))
-    >>> bool(np.allclose(y.mean(axis=0), 0, atol=1e-5))
-    True
-    """
-
-    def __init__(self, n: int, *, momentum: Optional[float] = 0.1, eps: float = 1e-5,
-                 dtype: Any = np.float32, xp: Any = None, threads: Optional[int] = None):
-        n = _init._dims(n, 1)[0]
-        self.xp = _init.array_module(xp)
-        self.dtype = np.dtype(dtype)
-        self.n = n
-        self.momentum = momentum
-        self.eps = float(eps)
-        self.gamma = self.xp.ones(n, dtype=self.dtype)
-        self.beta = self.xp.zeros(n, dtype=self.dtype)
-        self.dgamma = self.xp.zeros_like(self.gamma)
-        self.dbeta = self.xp.zeros_like(self.beta)
-        stat = np.float64 if self.dtype == np.float64 else np.float32
-        self.running_mean = self.xp.zeros(n, dtype=stat)
-        self.running_var = self.xp.ones(n, dtype=stat)
-        self.num_batches_tracked = 0
-        self._kernel_kw = {} if threads is None else {"threads": int(threads)}
-        self._x = None
-        self._saved = None
-
-    def forward(self, x: Any, training: bool = True) -> Any:
-        if x.ndim != 2 or x.shape[1] != self.n:
-            raise ValueError(f"x: expected shape (batch, {self.n}), got {tuple(x.shape)}")
-        x = self.xp.ascontiguousarray(x)
-        momentum = self.momentum
-        if training:
-            self.num_batches_tracked += 1
-            if momentum is None:
-                # cumulative average: the k-th batch enters with weight 1/k
-                momentum = 1.0 / self.num_batches_tracked
-        y, saved = batch_norm(x, self.gamma, self.beta, self.running_mean, self.running_var,
-                              training=training, momentum=momentum, eps=self.eps, layout="NC",
-                              **self._kernel_kw)
-        self._x, self._saved, self._training = x, saved, training
-        return y
-
-    def backward(self, dy: Any) -> Any:
-        self._require_forward("backward")
-        if not self._training:
-            raise RuntimeError("BatchNorm.backward: the last forward ran with training=False; "
-                               "back-propagation needs the batch statistics of a training pass")
-        dx, dgamma, dbeta = batch_norm_backward(self.xp.ascontiguousarray(dy), self._x, self.gamma,
-                                                self._saved, layout="NC", **self._kernel_kw)
-        self.dgamma[...] = dgamma
-        self.dbeta[...] = dbeta
-        return dx
-
-    def params(self) -> List[Any]:
-        return [self.gamma, self.beta]
-
-    def grads(self) -> List[Any]:
-        return [self.dgamma, self.dbeta]
-
-    def buffers(self) -> List[Any]:
-        return [self.running_mean, self.running_var]
-
-    def __repr__(self) -> str:
-        return f"BatchNorm({self.n}, momentum={self.momentum}, eps={self.eps})"

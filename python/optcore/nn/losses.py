@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 
-from .. import init as _init
+from .. import _arrays
 
 
 class Loss:
@@ -42,7 +42,7 @@ class SoftmaxCrossEntropy(Loss):
         if output.ndim != 2:
             raise ValueError(f"output: expected logits of shape (batch, classes), "
                              f"got {tuple(output.shape)}")
-        xp = _init.array_module(like=output)
+        xp = _arrays.array_module(like=output)
         n, c = output.shape
         if n == 0:
             raise ValueError("output: empty batch")

@@ -94,8 +94,8 @@ class Sequential(Layer):
         """Outputs in inference mode (batch norm uses its running statistics)."""
         if x.shape[0] <= batch_size:
             return self.forward(x, training=False)
-        from .. import init as _init
-        xp = _init.array_module(like=x)
+        from .. import _arrays
+        xp = _arrays.array_module(like=x)
         return xp.concatenate([self.forward(x[i:i + batch_size], training=False)
                                for i in range(0, x.shape[0], batch_size)])
 

@@ -5,6 +5,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import numpy as np
 
+from .. import _arrays
 from .. import init as _init
 from .losses import Loss
 
@@ -35,7 +36,7 @@ def train_epochs(net: Any, loss: Loss, optimizer: Any, x: Any, y: Any, *, epochs
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs: expected a non-negative integer, got {epochs!r}")
     g = _init.as_generator(rng)
-    xp = _init.array_module(like=x)
+    xp = _arrays.array_module(like=x)
     grads = _optimizer_grads(net, optimizer)
     n = x.shape[0]
     history = []

@@ -24,7 +24,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 
 from .. import _arrays
-from ._xp import namespace
+from .._arrays import array_namespace
 
 __all__ = ["BlurredObjective", "continuation", "geometric_sigmas", "ContinuationResult"]
 
@@ -64,7 +64,7 @@ class BlurredObjective:
         self.rng = rng if rng is not None else np.random.default_rng(seed)
 
     def _noise(self, theta):
-        xp = namespace(theta)
+        xp = array_namespace(theta)
         e = self.rng.standard_normal((self.n_samples,) + tuple(theta.shape))
         return xp.asarray(e, dtype=theta.dtype)
 
@@ -80,7 +80,7 @@ class BlurredObjective:
 
     def value_and_grad(self, theta: Any):
         """Estimates of ``J^(i)(theta)`` and ``grad J^(i)(theta)`` from the same samples."""
-        xp = namespace(theta)
+        xp = array_namespace(theta)
         s = self.sigma
         if s == 0.0:
             if self.grad_fun is None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 
 from .. import _arrays
-from ._xp import namespace, to_float
+from .._arrays import array_namespace, to_float
 
 __all__ = [
     "CDResult",
@@ -144,7 +144,7 @@ def coordinate_descent(f: Callable[[Any], float], x0: Any, *,
     if max_sweeps < 0:
         raise ValueError(f"max_sweeps: expected >= 0, got {max_sweeps!r}")
     tol = _arrays.require_range(tol, "tol", lo=0.0)
-    xp = namespace(x0)
+    xp = array_namespace(x0)
     x = xp.array(x0, dtype=xp.float64 if x0.dtype.kind != "f" else x0.dtype, copy=True)
     if x.ndim != 1:
         raise ValueError(f"x0: expected a 1-D array, got shape {tuple(x.shape)}")
@@ -194,7 +194,7 @@ def quadratic_coordinate_descent(A: Any, b: Any, x0: Any, *, order: str = "cycli
     >>> np.allclose(r.x, np.linalg.solve(A, b))
     True
     """
-    xp = namespace(A, b, x0)
+    xp = array_namespace(A, b, x0)
     A = xp.asarray(A, dtype=xp.float64)
     b = xp.asarray(b, dtype=xp.float64)
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
@@ -255,7 +255,7 @@ def newton_step(grad: Callable[[Any], Any], hess: Callable[[Any], Any], x: Any) 
     >>> bool(np.abs(newton_step(g, H, np.array([3.0, -1.0]))).max() < 1e-12)
     True
     """
-    xp = namespace(x)
+    xp = array_namespace(x)
     return x - xp.linalg.solve(hess(x), grad(x))
 
 
@@ -314,7 +314,7 @@ def block_coordinate_descent(blocks: Sequence[Any], solvers: Sequence[Callable[[
 
 def sparse_coding_objective(X: Any, W: Any, H: Any, lam: float = 1.0) -> float:
     """Eq. 8.38: ``lam * sum_ij |H_ij| + sum_ij (X - W^T H)_ij^2``."""
-    xp = namespace(X, W, H)
+    xp = array_namespace(X, W, H)
     R = X - W.T @ H
     return to_float(lam * xp.abs(H).sum() + (R * R).sum())
 
@@ -361,7 +361,7 @@ def sparse_coding(X: Any, n_components: int, *, lam: float = 1.0, max_norm: floa
     >>> all(b <= a + 1e-9 for a, b in zip(r.history, r.history[1:]))
     True
     """
-    xp = namespace(X)
+    xp = array_namespace(X)
     X = xp.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"X: expected a 2-D array (features, examples), got shape {tuple(X.shape)}")

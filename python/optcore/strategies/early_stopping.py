@@ -14,20 +14,6 @@ from .. import _arrays
 __all__ = ["EarlyStopping"]
 
 
-def _copy(a: Any) -> Any:
-    if _arrays.is_torch(a):
-        return a.detach().clone()
-    return a.copy()
-
-
-def _assign(dst: Any, src: Any) -> None:
-    if _arrays.is_torch(dst):
-        with _arrays._torch_module().no_grad():
-            dst.copy_(src)
-    else:
-        dst[...] = src
-
-
 class EarlyStopping:
     """Patience-based early stopping with best-parameter restore.
 
@@ -96,7 +82,7 @@ class EarlyStopping:
         if self.is_improvement(metric):
             self.best, self.best_step, self.bad_steps = metric, self.step, 0
             if self.restore_best and params is not None:
-                self.best_params = [_copy(p) for p in _arrays.as_list(params, "params")]
+                self.best_params = [_arrays.clone(p) for p in _arrays.as_list(params, "params")]
         else:
             self.bad_steps += 1
             if self.bad_steps >= self.patience:
@@ -118,4 +104,4 @@ class EarlyStopping:
             if tuple(p.shape) != tuple(b.shape):
                 raise ValueError(f"params[{i}]: expected shape {tuple(b.shape)}, got {tuple(p.shape)}")
         for p, b in zip(params, self.best_params):
-            _assign(p, b)
+            _arrays.assign(p, b)

@@ -33,6 +33,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
+from .. import _arrays
 from .. import init as _init
 from .. import nn
 
@@ -144,14 +145,14 @@ class StackedNetwork:
         out = stage.predict(inputs)
         if not self.probabilities:
             return out
-        xp = _init.array_module(like=out)
+        xp = _arrays.array_module(like=out)
         z = out - out.max(axis=1, keepdims=True)
         e = xp.exp(z)
         return e / e.sum(axis=1, keepdims=True)
 
     def stage_inputs(self, x: Any, k: int) -> Any:
         """The input of stage ``k``: the raw x next to the outputs of stages 0..k−1."""
-        xp = _init.array_module(like=x)
+        xp = _arrays.array_module(like=x)
         parts = [x]
         for stage in self.stages[:k]:
             inputs = xp.concatenate(parts, axis=1) if len(parts) > 1 else x
@@ -265,7 +266,7 @@ def fitnets_hints(teacher: Any, student: nn.Sequential, x: Any, y: Any, *, teach
     lower = student.layers[:student_guided + 1]
     guided_width = nn.Sequential(*lower).predict(x[:2]).shape[1]
     regressor = nn.Dense(guided_width, hints.shape[1], init="glorot", rng=g,
-                         dtype=hints.dtype, xp=_init.array_module(like=hints))
+                         dtype=hints.dtype, xp=_arrays.array_module(like=hints))
     guided = nn.Sequential(*lower, regressor)
     hint_loss = nn.train_epochs(guided, nn.SquaredError(), make_optimizer(guided.params()), x,
                                 hints, epochs=hint_epochs, batch_size=batch_size, rng=g)

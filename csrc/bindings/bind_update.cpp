@@ -58,15 +58,12 @@ class UpdatePlan {
   // grads: uint64 array of data pointers, one per tensor (ignored by rules
   // that read no gradient). scalars: up to kMaxScalars values.
   void step(py::object grads, const std::vector<double>& scalars, int threads) {
-    if (scalars.size() > static_cast<size_t>(kMaxScalars))
-      throw py::value_error("scalars: at most " + std::to_string(kMaxScalars) + " values");
     cpu::UpdateLaunch launch{};
     launch.rule = rule_;
     launch.tensors = tensors_.data();
     launch.chunks = chunks_.data();
     launch.chunk_count = static_cast<int64_t>(chunks_.size());
-    for (int i = 0; i < kMaxScalars; ++i)
-      launch.scalars.v[i] = i < static_cast<int>(scalars.size()) ? scalars[i] : 0.0;
+    launch.scalars = step_scalars_from(scalars);
     if (reads_grad_) launch.grads = load_pointers(grads, "grads");
     launch.threads = thread_count(threads);
     py::gil_scoped_release release;
@@ -95,10 +92,7 @@ class UpdatePlan {
   }
 
   const void* const* load_pointers(py::object grads, const char* name) {
-    auto arr = py::array_t<uint64_t, py::array::c_style>::ensure(grads);
-    if (!arr || arr.ndim() != 1 || static_cast<size_t>(arr.shape(0)) != tensors_.size())
-      throw py::value_error(std::string(name) + ": expected a uint64 array of " +
-                            std::to_string(tensors_.size()) + " data pointers");
+    auto arr = pointer_array(grads, tensors_.size(), name);
     const uint64_t* p = arr.data();
     for (size_t i = 0; i < tensors_.size(); ++i) grads_[i] = reinterpret_cast<const void*>(p[i]);
     return grads_.data();
