@@ -27,3 +27,5 @@ from . import init, nn  # noqa: E402  (SPEC §4 initialisation, §5 network modu
 from . import diagnostics, strategies  # noqa: E402,F401  (SPEC §5)
 from .nn.batchnorm import BatchNorm, SyncBatchNorm  # noqa: E402,F401
 from . import distributed  # noqa: E402,F401  (SPEC §8 scale-out; MPI/torch imported on use)
+from .quantize import dequantize_blockwise, quantize_blockwise  # noqa: E402  (SPEC §8 state precision)
+__all__ += ["quantize_blockwise", "dequantize_blockwise"]
