@@ -23,6 +23,7 @@ def run_against_reference(name, params, dtypes, rng, steps=STEPS, convention="bo
     opt = build(name, params, **kw)
     refs = [reference(name, tuple(np.shape(to64(p))), convention, **overrides) for p in params]
     thetas = [to64(p) for p in params]
+    step_max = [np.zeros(np.shape(t)) for t in thetas]  # max |Δθ| so far, per element
     for k in range(steps):
         if between is not None:
             between(k, opt, refs)
@@ -32,9 +33,11 @@ def run_against_reference(name, params, dtypes, rng, steps=STEPS, convention="bo
         for i, (p, dt) in enumerate(zip(params, dtypes)):
             if dt in ("float16", "bfloat16"):
                 # one rounded step from the stored θ; the reference state stays its own
-                thetas[i] = round_to(refs[i].step(prev[i], to64(grads[i])), dt)
+                unrounded = refs[i].step(prev[i], to64(grads[i]))
+                step_max[i] = np.maximum(step_max[i], np.abs(unrounded - prev[i]))
+                thetas[i] = round_to(unrounded, dt)
                 assert_close_theta(p, thetas[i], dt, f"{name} {dt} param {i} step {k}",
-                                   prev=prev[i])
+                                   prev=prev[i], step_scale=step_max[i])
             else:
                 thetas[i] = refs[i].step(thetas[i], to64(grads[i]))
                 assert_close_theta(p, thetas[i], dt, f"{name} {dt} param {i} step {k}")
