@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
 from .. import _arrays
+from ._state import EngineState
 from .line_search import LineSearchResult, armijo_backtracking, exact_quadratic_step, strong_wolfe
 
 
@@ -165,12 +166,18 @@ def held_vectors(engine) -> tuple:
 
 # ---------------------------------------------------------------- engines
 
-class LBFGSEngine:
+class LBFGSEngine(EngineState):
     """Limited-memory BFGS (8.6.3): m pairs in preallocated ring buffers, H₀ = γI,
     γ = sᵀy/yᵀy, pairs failing yᵀs > eps·‖s‖‖y‖ skipped; the direction is the
     C++/CUDA compact-form kernel (4mn values read, no host sync on the GPU)."""
 
     name = "lbfgs"
+    # The ring buffers, the pair recorded for the next direction, and the kernel
+    # workspace's ring metadata (count, oldest, γ and the compact form's products).
+    state_arrays = ("S", "Y", "d", "s", "y", "_g_old", "_g_new")
+    state_refs = ("_g_old", "_g_new")
+    state_values = ("_step", "pending", "accepted", "rejected")
+    state_extra = ("meta",)
 
     def __init__(self, n: int, dtype, xp, m: int = 10, curvature_eps: float = 1e-8,
                  device_id: int = -1, threads: int = 0):
@@ -282,8 +289,30 @@ class LBFGSEngine:
             return min(1.0, 1.0 / max(gnorm, 1e-300))
         return 1.0
 
+    def _meta(self):
+        return self.ws.get_meta(self._stream()) if self.on_gpu else self.ws.get_meta()
 
-class BFGSEngine:
+    def _extra_state(self):
+        return {"meta": np.asarray(self._meta(), dtype=np.float64).copy()}
+
+    def _check_extra(self, state) -> None:
+        meta = np.asarray(state["meta"], dtype=np.float64)
+        live = np.asarray(self._meta())
+        count, oldest = (float(meta[0]), float(meta[1])) if meta.size >= 2 else (-1.0, -1.0)
+        if meta.shape != live.shape or not (count == int(count) and 0 <= count <= self.m) \
+                or not (oldest == int(oldest) and 0 <= oldest < self.m):
+            raise ValueError(f"state_dict: engine state 'meta' must be the {live.size} values of "
+                             f"a history of {self.m} pairs, got shape {meta.shape}")
+
+    def _load_extra(self, state) -> None:
+        meta = np.ascontiguousarray(state["meta"], dtype=np.float64)
+        if self.on_gpu:
+            self.ws.set_meta(meta, self._stream())
+        else:
+            self.ws.set_meta(meta)
+
+
+class BFGSEngine(EngineState):
     """BFGS (8.6.3): dense inverse-Hessian approximation M (float64),
     M ← (I − ρsyᵀ)M(I − ρysᵀ) + ρssᵀ with ρ = 1/yᵀs, from M₀ = I. Before each
     update M is scaled by τ = max(1, sᵀy/yᵀMy) (Oren–Luenberger scaling, upward
@@ -299,6 +328,8 @@ class BFGSEngine:
 
     name = "bfgs"
     warn_above = 5000
+    state_arrays = ("M", "s", "y")
+    state_values = ("updates", "pending", "accepted", "rejected")
 
     def __init__(self, n: int, dtype, xp, curvature_eps: float = 1e-8,
                  max_bytes: Optional[int] = None, device: str = "cpu", device_id: int = -1):
@@ -373,13 +404,15 @@ def _interpolated_initial_step(f, f_prev, dphi0) -> float:
     return 1.0 if not (a > 0 and math.isfinite(a)) else min(1.0, a)
 
 
-class CGEngine:
+class CGEngine(EngineState):
     """Nonlinear conjugate gradients (Alg. 8.9): d = −g + βd_prev with
     Fletcher–Reeves β = gᵀg/g₀ᵀg₀ (8.30), Polak–Ribière β = (g − g₀)ᵀg/g₀ᵀg₀ (8.31)
     or PR+ = max(0, β_PR); restart (d = −g) every ``restart`` iterations and
     whenever d is not a descent direction."""
 
     name = "cg"
+    state_arrays = ("g_prev", "d_prev")
+    state_values = ("since_restart", "restarts")
 
     def __init__(self, n: int, dtype, xp, beta: str = "pr+", restart: Optional[int] = None):
         if beta not in ("fr", "pr", "pr+"):
@@ -441,7 +474,6 @@ class LoopState:
 
     iterations: int = 0
     f_prev: Optional[float] = None
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

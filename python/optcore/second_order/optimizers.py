@@ -1,16 +1,21 @@
 """Stateful second-order optimizers for training loops: ``LBFGS``, ``BFGS``,
 ``NonlinearCG`` (alias ``CG``) and ``Newton``.
 
+They follow the protocol of every optcore optimizer (README, "One optimizer
+protocol"): ``params()``, ``param_groups`` (one group: the methods work on the
+parameters as one flat vector), ``step(closure)``, ``state_dict()`` /
+``load_state_dict()`` and a ``__repr__`` with the hyper-parameters.
+
 ``opt.step(closure)`` runs up to ``max_iter`` iterations, calling
-``closure(params) -> (loss, grads)`` (grads a list parallel to params) as often
-as the line search needs, and updates the parameters in place. The history
-(pairs, conjugate direction, damping) carries over between calls, so a
-stochastic closure (a new minibatch per call, 8.6.2) also works; use
-``line_search="armijo"`` or ``None`` (fixed ``lr``) there.
+``closure(params) -> (loss, grads)`` (grads a list parallel to params; the
+first-order optimizers take the same closure) as often as the line search needs,
+and updates the parameters in place. The history (pairs, conjugate direction,
+damping) carries over between calls, so a stochastic closure (a new minibatch per
+call, 8.6.2) also works; use ``line_search="armijo"`` or ``None`` (fixed ``lr``) there.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -22,15 +27,77 @@ from .minimize import _check_int
 from .newton import NewtonEngine, check_hessian_fits, finite_difference_hessian, run_newton
 
 
-class _SecondOrder:
-    _method = ""
+def _check_line_search(value: Any, name: str) -> Optional[str]:
+    if value not in LINE_SEARCHES or value == "exact":
+        raise ValueError(f"{name}: expected 'strong_wolfe', 'armijo' or None, got {value!r}")
+    return value
 
-    def __init__(self, params: Any, *, max_iter: int, line_search: Optional[str], lr: float,
-                 gtol: float, ftol: float, c1: float, c2: float):
-        self.params: List[Any] = _arrays.as_list(params, "params")
-        if not self.params:
+
+#: The hyper-parameters a step reads from param_groups[0], checked in this order
+#: (c2 against the group's c1); each may change between steps.
+_STEP_OPTIONS = {
+    "line_search": _check_line_search,
+    "max_iter": lambda v, name: _check_int(v, name, 1),
+    "lr": lambda v, name: _arrays.require_range(v, name, 0.0, lo_open=True),
+    "gtol": lambda v, name: _arrays.require_range(v, name, 0.0),
+    "ftol": lambda v, name: _arrays.require_range(v, name, 0.0),
+    "c1": lambda v, name: _arrays.require_range(v, name, 0.0, 1.0, lo_open=True, hi_open=True),
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # noqa: BLE001 - an array or an odd type: not the same option value
+        return False
+
+
+class _GroupOption:
+    """An attribute that is param_groups[0][name] (``opt.lr = 0.5`` sets the group's)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        try:
+            return obj.param_groups[0][self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__} has no option {self.name!r}") from None
+
+    def __set__(self, obj, value) -> None:
+        obj.param_groups[0][self.name] = value
+
+
+class _SecondOrder:
+    lr = _GroupOption()
+    max_iter = _GroupOption()
+    gtol = _GroupOption()
+    ftol = _GroupOption()
+    c1 = _GroupOption()
+    c2 = _GroupOption()
+    line_search = _GroupOption()
+
+    def __init__(self, params: Any, options: Dict[str, Any], fixed: Dict[str, Any]):
+        group_options: Dict[str, Any] = {}
+        if isinstance(params, dict):
+            params = [params]
+        items = _arrays.as_list(params, "params")
+        if items and any(isinstance(g, dict) for g in items):
+            if len(items) != 1 or not isinstance(items[0], dict) or "params" not in items[0]:
+                raise ValueError("params: second-order methods work on the parameters as one "
+                                 "vector and take one parameter group {'params': [...], ...}")
+            group_options = {k: v for k, v in items[0].items() if k != "params"}
+            unknown = set(group_options) - set(options) - set(fixed)
+            if unknown:
+                raise ValueError(f"params[0]: unknown options {sorted(unknown)} for "
+                                 f"{type(self).__name__}")
+            items = _arrays.as_list(items[0]["params"], "params[0]['params']")
+        self._params: List[Any] = items
+        if not self._params:
             raise ValueError("params: expected at least one array")
-        views = _arrays.views_of(self.params, "params")
+        views = _arrays.views_of(self._params, "params")
         for i, v in enumerate(views):
             name = f"params[{i}]"
             _arrays.require_supported_dtype(v, name, (0, 1))
@@ -42,7 +109,7 @@ class _SecondOrder:
             if v.where != views[0].where:
                 raise ValueError(f"{name}: on {v.where}, params[0] is on {views[0].where}")
         _arrays.require_no_overlap(views, [f"params[{i}]" for i in range(len(views))])
-        flats = [_arrays.ndarray_view(p, f"params[{i}]") for i, p in enumerate(self.params)]
+        flats = [_arrays.ndarray_view(p, f"params[{i}]") for i, p in enumerate(self._params)]
         self._flat = [f for f, _ in flats]
         self.xp = flats[0][1]
         self._view0 = views[0]
@@ -50,21 +117,102 @@ class _SecondOrder:
         self.sizes = [f.size for f in self._flat]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
         self.n = int(self.offsets[-1])
-        if line_search not in LINE_SEARCHES or line_search == "exact":
-            raise ValueError(f"line_search: expected 'strong_wolfe', 'armijo' or None, "
-                             f"got {line_search!r}")
-        self.max_iter = _check_int(max_iter, "max_iter", 1)
-        self.line_search = line_search
-        self.lr = _arrays.require_range(lr, "lr", 0.0, lo_open=True)
-        self.gtol = _arrays.require_range(gtol, "gtol", 0.0)
-        self.ftol = _arrays.require_range(ftol, "ftol", 0.0)
-        self.c1 = _arrays.require_range(c1, "c1", 0.0, 1.0, lo_open=True, hi_open=True)
-        self.c2 = _arrays.require_range(c2, "c2", self.c1, 1.0, lo_open=True, hi_open=True)
+        merged = {**options, **{k: v for k, v in group_options.items() if k in options}}
+        self._fixed = {**fixed, **{k: v for k, v in group_options.items() if k in fixed}}
+        self._option_keys = tuple(options)
+        self._options = self._checked(merged, None)
+        self.param_groups: List[Dict[str, Any]] = [
+            {"params": self._params, **self._options, **self._fixed}]
         self.loop = LoopState()
         self.nfev = 0
         self.success: Optional[bool] = None
         self.message = ""
-        self._stopped = False
+
+    # -- the protocol
+    def params(self) -> List[Any]:
+        """The parameter arrays, in order (the list a closure receives)."""
+        return list(self._params)
+
+    @staticmethod
+    def _checked(group: Dict[str, Any], where: Optional[str]) -> Dict[str, Any]:
+        """The step options of ``group`` validated (errors name ``where['key']``, or the
+        bare key, the constructor argument, when ``where`` is None)."""
+        def name(key: str) -> str:
+            return key if where is None else f"{where}['{key}']"
+        out = {}
+        for key, check in _STEP_OPTIONS.items():
+            if key in group:
+                out[key] = check(group[key], name(key))
+        if "c2" in group:
+            out["c2"] = _arrays.require_range(group["c2"], name("c2"), out["c1"], 1.0,
+                                              lo_open=True, hi_open=True)
+        return out
+
+    def _check_group(self, group: Dict[str, Any], where: str) -> Dict[str, Any]:
+        """The group's step options validated, and its fixed options unchanged."""
+        for key in self._option_keys:
+            if key not in group:
+                raise ValueError(f"{where}['{key}']: missing")
+        for key, value in self._fixed.items():
+            if key not in group or not _same(group[key], value):
+                raise ValueError(f"{where}['{key}']: fixed when the optimizer is built "
+                                 f"({value!r}); build a new {type(self).__name__} to change it")
+        return self._checked({k: group[k] for k in self._option_keys}, where)
+
+    def _fix(self, key: str, value: Any) -> Any:
+        """Record the validated value of an option fixed at construction."""
+        self._fixed[key] = self.param_groups[0][key] = value
+        return value
+
+    def state_dict(self) -> Dict[str, Any]:
+        """A host copy: hyper-parameters, iteration counters and the engine's history.
+
+        The layout is the first-order one, ``{"optimizer", "param_groups", "state"}``,
+        with the whole state under ``state[0]`` (the flat vector's, keyed like torch's
+        LBFGS by the first parameter). :meth:`load_state_dict` continues bit for bit.
+        """
+        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        group["params"] = list(range(len(self._params)))
+        state = {"engine": self.engine.state_dict(), "iterations": self.loop.iterations,
+                 "f_prev": self.loop.f_prev, "nfev": self.nfev, "success": self.success,
+                 "message": self.message}
+        return {"optimizer": type(self).__name__, "param_groups": [group], "state": {0: state}}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (of an optimizer of the same class, size and
+        fixed options); the next steps are those of the saved optimizer, bit for bit.
+        Everything is checked before anything is written."""
+        if not isinstance(state_dict, dict) or "param_groups" not in state_dict \
+                or "state" not in state_dict:
+            raise TypeError("state_dict: expected a dict with 'state' and 'param_groups'")
+        kind = state_dict.get("optimizer", type(self).__name__)
+        if kind != type(self).__name__:
+            raise ValueError(f"state_dict: saved by {kind}, cannot load into {type(self).__name__}")
+        groups = state_dict["param_groups"]
+        if len(groups) != 1 or len(groups[0].get("params", ())) != len(self._params):
+            raise ValueError(f"state_dict: expected one param group of {len(self._params)} "
+                             f"params")
+        checked = self._check_group(groups[0], "state_dict param_groups[0]")
+        state = state_dict["state"]
+        saved = state.get(0, state.get("0"))
+        keys = {"engine", "iterations", "f_prev", "nfev", "success", "message"}
+        if not isinstance(saved, dict) or set(saved) != keys:
+            raise ValueError(f"state_dict: state[0] must hold {sorted(keys)}")
+        iterations = _check_int(saved["iterations"], "state_dict state[0]['iterations']", 0)
+        nfev = _check_int(saved["nfev"], "state_dict state[0]['nfev']", 0)
+        f_prev = saved["f_prev"]
+        if f_prev is not None:
+            f_prev = float(f_prev)
+        self.engine.load_state_dict(saved["engine"])  # checks all of its entries, then writes
+        self.param_groups[0].update(checked)
+        self._options = checked
+        self.loop.iterations, self.loop.f_prev = iterations, f_prev
+        self.nfev, self.success, self.message = nfev, saved["success"], str(saved["message"])
+
+    def __repr__(self) -> str:
+        g = self.param_groups[0]
+        hp = ", ".join(f"{k}={v!r}" for k, v in g.items() if k != "params")
+        return f"{type(self).__name__} (\n  group 0: {len(g['params'])} params, {hp}\n)"
 
     # -- flat <-> parameter list
     def _vectors(self) -> VectorPool:
@@ -93,13 +241,13 @@ class _SecondOrder:
 
         def evaluate(x):
             # The Objective has put x into the parameters already.
-            out = closure(self.params)
+            out = closure(self._params)
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError("closure: expected closure(params) -> (loss, grads)")
             loss, grads = out
             grads = _arrays.as_list(grads, "grads")
-            if len(grads) != len(self.params):
-                raise ValueError(f"grads: expected {len(self.params)} arrays (one per parameter), "
+            if len(grads) != len(self._params):
+                raise ValueError(f"grads: expected {len(self._params)} arrays (one per parameter), "
                                  f"got {len(grads)}")
             views = []
             for i, (gr, a, b) in enumerate(zip(grads, self.offsets[:-1], self.offsets[1:])):
@@ -129,6 +277,7 @@ class _SecondOrder:
         the last finite iterate, ``success`` becomes False and ``message`` says why."""
         if not callable(closure):
             raise TypeError("closure: expected a callable closure(params) -> (loss, grads)")
+        self._options = self._check_group(self.param_groups[0], "param_groups[0]")
         obj = self._new_objective(self._evaluate_closure(closure), list(self._flat))
         x = self._gather_params()
         obj.placed = x  # the parameters hold x already
@@ -147,7 +296,6 @@ class _SecondOrder:
             self.success = False
             self.message = f"Stopped: {e}; parameters restored to the last finite iterate."
             x_final, f_final = last["x"], last["f"]
-            self._stopped = True
             obj.placed = None
         if x_final is not obj.placed:
             self._scatter(x_final)
@@ -166,9 +314,10 @@ class _SecondOrder:
 
 class _LineSearchOptimizer(_SecondOrder):
     def _run(self, obj, x, f, g, track):
-        return run_iterations(self.engine, obj, x, f, g, self.loop, max_iter=self.max_iter,
-                              gtol=self.gtol, ftol=self.ftol, line_search=self.line_search,
-                              c1=self.c1, c2=self.c2, lr=self.lr, callback=track,
+        o = self._options
+        return run_iterations(self.engine, obj, x, f, g, self.loop, max_iter=o["max_iter"],
+                              gtol=o["gtol"], ftol=o["ftol"], line_search=o["line_search"],
+                              c1=o["c1"], c2=o["c2"], lr=o["lr"], callback=track,
                               new_vector=self._vectors().take,
                               release_except=self._vectors().release_except)
 
@@ -201,10 +350,15 @@ class LBFGS(_LineSearchOptimizer):
                  max_iter: int = 20, lr: float = 1.0, gtol: float = 1e-7, ftol: float = 1e-12,
                  curvature_eps: float = 1e-8, c1: float = 1e-4, c2: float = 0.9, threads: int = 0,
                  comm: Any = None):
-        super().__init__(params, max_iter=max_iter, line_search=line_search, lr=lr, gtol=gtol,
-                         ftol=ftol, c1=c1, c2=c2)
-        history_size = _check_int(history_size, "history_size", 1, 1024)
-        eps = _arrays.require_range(curvature_eps, "curvature_eps", 0.0, 1.0, hi_open=True)
+        super().__init__(params, dict(line_search=line_search, max_iter=max_iter, lr=lr, gtol=gtol,
+                                      ftol=ftol, c1=c1, c2=c2),
+                         dict(history_size=history_size, curvature_eps=curvature_eps,
+                              threads=threads))
+        history_size = self._fix("history_size", _check_int(self._fixed["history_size"],
+                                                            "history_size", 1, 1024))
+        eps = self._fix("curvature_eps", _arrays.require_range(
+            self._fixed["curvature_eps"], "curvature_eps", 0.0, 1.0, hi_open=True))
+        threads = self._fix("threads", _check_int(self._fixed["threads"], "threads", 0))
         self.comm = comm
         if comm is not None:
             from .distributed import ShardedLBFGSEngine
@@ -231,9 +385,12 @@ class BFGS(_LineSearchOptimizer):
                  lr: float = 1.0, gtol: float = 1e-7, ftol: float = 1e-12,
                  curvature_eps: float = 1e-8, c1: float = 1e-4, c2: float = 0.9,
                  max_bytes: Optional[int] = None):
-        super().__init__(params, max_iter=max_iter, line_search=line_search, lr=lr, gtol=gtol,
-                         ftol=ftol, c1=c1, c2=c2)
-        eps = _arrays.require_range(curvature_eps, "curvature_eps", 0.0, 1.0, hi_open=True)
+        super().__init__(params, dict(line_search=line_search, max_iter=max_iter, lr=lr, gtol=gtol,
+                                      ftol=ftol, c1=c1, c2=c2),
+                         dict(curvature_eps=curvature_eps, max_bytes=max_bytes))
+        eps = self._fix("curvature_eps", _arrays.require_range(
+            self._fixed["curvature_eps"], "curvature_eps", 0.0, 1.0, hi_open=True))
+        max_bytes = self._fixed["max_bytes"]
         self.engine = BFGSEngine(self.n, self.dtype, self.xp, curvature_eps=eps, max_bytes=max_bytes,
                                  device=self._view0.device, device_id=self._view0.device_id)
 
@@ -245,9 +402,10 @@ class NonlinearCG(_LineSearchOptimizer):
     def __init__(self, params: Any, beta: str = "pr+", restart: Optional[int] = None,
                  line_search: Optional[str] = "strong_wolfe", max_iter: int = 20, lr: float = 1.0,
                  gtol: float = 1e-7, ftol: float = 1e-12, c1: float = 1e-4, c2: float = 0.1):
-        super().__init__(params, max_iter=max_iter, line_search=line_search, lr=lr, gtol=gtol,
-                         ftol=ftol, c1=c1, c2=c2)
-        self.engine = CGEngine(self.n, self.dtype, self.xp, beta=beta, restart=restart)
+        super().__init__(params, dict(line_search=line_search, max_iter=max_iter, lr=lr, gtol=gtol,
+                                      ftol=ftol, c1=c1, c2=c2), dict(beta=beta, restart=restart))
+        self.engine = CGEngine(self.n, self.dtype, self.xp, beta=self._fixed["beta"],
+                               restart=self._fixed["restart"])
 
 
 CG = NonlinearCG
@@ -263,13 +421,15 @@ class Newton(_SecondOrder):
     def __init__(self, params: Any, mode: str = "damped", damping: float = 0.0,
                  hess: Optional[Callable] = None, max_iter: int = 20, gtol: float = 1e-7,
                  ftol: float = 1e-12, max_hessian_bytes: Optional[int] = None):
-        super().__init__(params, max_iter=max_iter, line_search=None, lr=1.0, gtol=gtol, ftol=ftol,
-                         c1=1e-4, c2=0.9)
-        check_hessian_fits(self.n, max_hessian_bytes, self._view0.device, self._view0.device_id)
+        super().__init__(params, dict(max_iter=max_iter, gtol=gtol, ftol=ftol),
+                         dict(mode=mode, damping=damping, max_hessian_bytes=max_hessian_bytes))
+        check_hessian_fits(self.n, self._fixed["max_hessian_bytes"], self._view0.device,
+                           self._view0.device_id)
         if hess is not None and not callable(hess):
             raise TypeError("hess: expected a callable hess(params) -> (n, n) array")
         self.hess = hess
-        self.engine = NewtonEngine(mode=mode, damping=damping)
+        self.engine = NewtonEngine(mode=self._fixed["mode"], damping=self._fixed["damping"])
+        self._fix("damping", self.engine.alpha)  # validated (the initial α; it adapts, see state)
 
     def _run(self, obj, x, f, g, track):
         if self.hess is None:
@@ -277,11 +437,12 @@ class Newton(_SecondOrder):
         else:
             def hess_fn(xv):
                 self._scatter(xv)
-                H, _ = _arrays.ndarray_view(self.hess(self.params), "hess")
+                H, _ = _arrays.ndarray_view(self.hess(self._params), "hess")
                 if H.size != self.n * self.n:
                     raise ValueError(f"hess: expected {self.n}×{self.n} values, got {H.size}")
                 return H.reshape(self.n, self.n)
-        out = run_newton(self.engine, obj, hess_fn, x, f, g, max_iter=self.max_iter,
-                         gtol=self.gtol, ftol=self.ftol, callback=track)
+        o = self._options
+        out = run_newton(self.engine, obj, hess_fn, x, f, g, max_iter=o["max_iter"],
+                         gtol=o["gtol"], ftol=o["ftol"], callback=track)
         self.loop.iterations += out.nit
         return out
