@@ -46,7 +46,7 @@ from typing import Any, Optional, Tuple
 from . import _arrays, _core
 from ._arrays import STATE_DTYPE, View
 
-__all__ = ["batch_norm", "batch_norm_backward", "BatchNorm", "SyncBatchNorm", "BatchNormSaved"]
+__all__ = ["batch_norm", "batch_norm_backward", "BatchNormSaved"]
 
 LAYOUTS = ("NC", "NCHW", "NHWC")
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from .. import _arrays
-from ._engine import NonFiniteError, Objective
+from ._objective import NonFiniteError, Objective
 from ._state import EngineState
 
 

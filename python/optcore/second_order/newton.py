@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _arrays
-from ._engine import NonFiniteError, Objective
+from ._objective import NonFiniteError, Objective
 from ._state import EngineState
 
 MODES = ("plain", "damped", "saddle_free")
