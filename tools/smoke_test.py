@@ -72,7 +72,7 @@ def main() -> int:
     print("batch norm: ok")
 
     # One L-BFGS direction with one curvature pair, against the two-loop recursion.
-    from optcore.second_order._engine import LBFGSEngine
+    from optcore.second_order._directions import LBFGSEngine
 
     n = 50
     s = rng.standard_normal(n)

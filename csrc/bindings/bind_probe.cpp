@@ -1,5 +1,6 @@
 // optcore._core.BandwidthProbe / bandwidth_probe: the memory-bandwidth probe
 // the benchmarks compare every optimizer against (csrc/cpu/kernels_probe.cpp).
+// Part of the benchmark harness (bench/probe.py), not of the optimizers.
 #include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>

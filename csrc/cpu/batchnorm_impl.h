@@ -19,7 +19,14 @@
 //    every instruction set and thread count gives the same bits and the
 //    compiler can vectorise without reassociating.
 // Reductions follow the fixed partition of batchnorm.h, so the partials do
-// not depend on how units are shared between threads or streams.
+// not depend on how units are shared between threads or streams. The forward
+// statistics and the backward sums are one reduction over two term functions
+// (ShiftedTerms, GradientTerms).
+//
+// One file (about 800 lines) on purpose: it is the whole body of a translation
+// unit compiled once per instruction set inside namespace OPTCORE_ISA with
+// internal linkage, so that no ISA-specific code is shared; in pieces it would
+// be several fragments that only compile when included in one order.
 #pragma once
 #include <omp.h>
 #if defined(__SSE2__)
@@ -119,20 +126,7 @@ struct Native {
   static constexpr int width = kVectorBytes / int(sizeof(M));
 };
 
-// The value (X = M) or the Native<M>::width values (X = vector) at p, in the
-// math type; vectors only where the storage is the math type.
-template <class T, class X>
-X load_as(const typename StorageTraits<T>::Raw* p) {
-  using Tr = StorageTraits<T>;
-  if constexpr (std::is_same_v<X, typename Tr::Math>) {
-    return X(Tr::decode(*p));
-  } else {
-    X v;
-    std::memcpy(&v, p, sizeof(X));
-    return v;
-  }
-}
-
+// The value (X = M) or the Native<M>::width values (X = vector) at p.
 template <class X, class M>
 X load_math(const M* p) {
   if constexpr (std::is_same_v<X, M>) {
@@ -141,6 +135,18 @@ X load_math(const M* p) {
     X v;
     std::memcpy(&v, p, sizeof(X));
     return v;
+  }
+}
+
+// The same from storage T, in the math type; vectors only where the storage
+// is the math type.
+template <class T, class X>
+X load_as(const typename StorageTraits<T>::Raw* p) {
+  using Tr = StorageTraits<T>;
+  if constexpr (std::is_same_v<X, typename Tr::Math>) {
+    return X(Tr::decode(*p));
+  } else {
+    return load_math<X>(p);
   }
 }
 
@@ -245,13 +251,32 @@ const typename StorageTraits<T>::Math* as_math(const typename StorageTraits<T>::
   }
 }
 
-// Shifted moments of v[0, n) (batchnorm.h, partial_from_shifted), added
-// into the float64 lanes s1 (sum(v - shift)) and s2 (sum((v - shift)^2));
-// lane l takes v[l], v[l + kLanes], ... in float for kRun values at a time,
-// then joins the float64 lane; the n % kLanes tail values join lanes 0, 1, ...
-// directly.
-template <class M>
-void shifted_moments(const M* __restrict v, int64_t n, M shift, double* s1, double* s2) {
+// The two per-element terms each reduction sums, written once for the
+// vector and the scalar paths (X a native vector or M; K the same or M):
+// forward statistics, shifted by K (batchnorm.h, partial_from_shifted):
+//   t1 = v - K, t2 = (v - K)^2;
+// backward sums (batchnorm.h, finalize_backward): t1 = g, t2 = g * (x - mean).
+struct ShiftedTerms {
+  template <class X, class K>
+  static void terms(X& t1, X& t2, K shift, X v) {
+    t1 = v - shift;
+    t2 = t1 * t1;
+  }
+};
+struct GradientTerms {
+  template <class X, class K>
+  static void terms(X& t1, X& t2, K mean, X g, X x) {
+    t1 = g;
+    t2 = g * (x - mean);
+  }
+};
+
+// Terms of in...[0, n) (one array per operand of Terms) added into the
+// float64 lanes s1 and s2; lane l takes element l, l + kLanes, ... in the
+// math type for kRun values at a time, then joins the float64 lane; the
+// n % kLanes tail values join lanes 0, 1, ... directly.
+template <class Terms, class M, class... In>
+void lane_moments(int64_t n, M param, double* s1, double* s2, const In* __restrict... in) {
   using V = typename Lanes<M>::Vector;
   constexpr int W = Lanes<M>::width;
   int64_t i = 0;
@@ -260,51 +285,22 @@ void shifted_moments(const M* __restrict v, int64_t n, M shift, double* s1, doub
     Lanes<M> a1, a2;
     for (; i + kLanes <= run_end; i += kLanes) {
       for (int b = 0; b < int(kLanes * sizeof(M)); b += 64)
-        prefetch_ahead(reinterpret_cast<const char*>(v + i) + b);
+        (prefetch_ahead(reinterpret_cast<const char*>(in + i) + b), ...);
       for (int q = 0; q < Lanes<M>::parts; ++q) {
-        const V x = load_math<V>(v + i + q * W) - shift;
-        a1.v[q] += x;
-        a2.v[q] += x * x;
+        V t1, t2;
+        Terms::terms(t1, t2, param, load_math<V>(in + i + q * W)...);
+        a1.v[q] += t1;
+        a2.v[q] += t2;
       }
     }
     add_lanes(a1, s1);
     add_lanes(a2, s2);
   }
   for (int l = 0; i < n; ++i, ++l) {
-    const M x = v[i] - shift;
-    s1[l] += double(x);
-    s2[l] += double(x * x);
-  }
-}
-
-// Backward sums over (g, x)[0, n) into float64 lanes as above:
-// s1 += sum g, s2 += sum g*(x - mean).
-template <class M>
-void gradient_moments(const M* __restrict g, const M* __restrict x, int64_t n, M mean,
-                      double* s1, double* s2) {
-  using V = typename Lanes<M>::Vector;
-  constexpr int W = Lanes<M>::width;
-  int64_t i = 0;
-  while (i + kLanes <= n) {
-    const int64_t run_end = std::min(n, i + kRun);
-    Lanes<M> a1, a2;
-    for (; i + kLanes <= run_end; i += kLanes) {
-      for (int b = 0; b < int(kLanes * sizeof(M)); b += 64) {
-        prefetch_ahead(reinterpret_cast<const char*>(g + i) + b);
-        prefetch_ahead(reinterpret_cast<const char*>(x + i) + b);
-      }
-      for (int q = 0; q < Lanes<M>::parts; ++q) {
-        const V gv = load_math<V>(g + i + q * W);
-        a1.v[q] += gv;
-        a2.v[q] += gv * (load_math<V>(x + i + q * W) - mean);
-      }
-    }
-    add_lanes(a1, s1);
-    add_lanes(a2, s2);
-  }
-  for (int l = 0; i < n; ++i, ++l) {
-    s1[l] += double(g[i]);
-    s2[l] += double(g[i] * (x[i] - mean));
+    M t1, t2;
+    Terms::terms(t1, t2, param, in[i]...);
+    s1[l] += double(t1);
+    s2[l] += double(t2);
   }
 }
 
@@ -462,26 +458,28 @@ struct Period {
   }
 };
 
-// Adds `periods` consecutive periods at v into the P * kLanes lanes a1, a2,
-// held in registers through the loop (P <= 4: 12 of the 32 zmm for float):
-// shifted moments a1 += v - shift, a2 += (v - shift)^2.
-template <int P, class M>
-void periodic_shifted_moments(const M* __restrict v, int64_t periods, const M* __restrict shift,
-                              M* __restrict a1, M* __restrict a2) {
+// Adds the terms of `periods` consecutive periods at in... into the P * kLanes
+// lanes a1, a2, held in registers through the loop (P <= 4: 12 of the 32 zmm
+// for float); param: the per-lane shift or mean, one period of it.
+template <int P, class Terms, class M, class... In>
+void periodic_moments(int64_t periods, const M* __restrict param, M* __restrict a1,
+                      M* __restrict a2, const In* __restrict... in) {
   using V = typename Native<M>::Vector;
   constexpr int W = Native<M>::width, N = P * kLanes / W;
   V s1[N], s2[N], k[N];
   for (int q = 0; q < N; ++q) {
     s1[q] = load_math<V>(a1 + q * W);
     s2[q] = load_math<V>(a2 + q * W);
-    k[q] = load_math<V>(shift + q * W);
+    k[q] = load_math<V>(param + q * W);
   }
-  for (int64_t t = 0; t < periods; ++t, v += P * kLanes) {
+  for (int64_t t = 0; t < periods; ++t) {
+    const int64_t o = t * P * kLanes;
     for (int q = 0; q < N; ++q) {
-      if ((q * W * int(sizeof(M))) % 64 == 0) prefetch_ahead(v + q * W);
-      const V x = load_math<V>(v + q * W) - k[q];
-      s1[q] += x;
-      s2[q] += x * x;
+      if ((q * W * int(sizeof(M))) % 64 == 0) (prefetch_ahead(in + o + q * W), ...);
+      V t1, t2;
+      Terms::terms(t1, t2, k[q], load_math<V>(in + o + q * W)...);
+      s1[q] += t1;
+      s2[q] += t2;
     }
   }
   for (int q = 0; q < N; ++q) {
@@ -490,32 +488,33 @@ void periodic_shifted_moments(const M* __restrict v, int64_t periods, const M* _
   }
 }
 
-// As above for the backward sums: a1 += g, a2 += g * (x - mean).
-template <int P, class M>
-void periodic_gradient_moments(const M* __restrict g, const M* __restrict x, int64_t periods,
-                               const M* __restrict mean, M* __restrict a1, M* __restrict a2) {
-  using V = typename Native<M>::Vector;
-  constexpr int W = Native<M>::width, N = P * kLanes / W;
-  V s1[N], s2[N], m[N];
-  for (int q = 0; q < N; ++q) {
-    s1[q] = load_math<V>(a1 + q * W);
-    s2[q] = load_math<V>(a2 + q * W);
-    m[q] = load_math<V>(mean + q * W);
-  }
-  for (int64_t t = 0; t < periods; ++t, g += P * kLanes, x += P * kLanes) {
-    for (int q = 0; q < N; ++q) {
-      if ((q * W * int(sizeof(M))) % 64 == 0) {
-        prefetch_ahead(g + q * W);
-        prefetch_ahead(x + q * W);
-      }
-      const V gv = load_math<V>(g + q * W);
-      s1[q] += gv;
-      s2[q] += gv * (load_math<V>(x + q * W) - m[q]);
+// A channel-last block of n values at in... (storage T) added into one period
+// of lanes a1, a2 (length L, param the per-lane shift or mean): whole periods in
+// registers where the storage is the math type and L is at most 4 kLanes, the
+// rest (long periods, 16-bit storage, the tail) lane by lane in memory.
+template <class Terms, class T, class M, class... R>
+void period_block_moments(int64_t n, int64_t L, const M* __restrict param, M* __restrict a1,
+                          M* __restrict a2, const R* __restrict... in) {
+  using Tr = StorageTraits<T>;
+  const int64_t periods = n / L;
+  int64_t i = 0;
+  if constexpr ((std::is_same_v<R, M> && ...)) {
+    switch (L / kLanes) {
+      case 1: periodic_moments<1, Terms>(periods, param, a1, a2, in...); i = periods * L; break;
+      case 2: periodic_moments<2, Terms>(periods, param, a1, a2, in...); i = periods * L; break;
+      case 3: periodic_moments<3, Terms>(periods, param, a1, a2, in...); i = periods * L; break;
+      case 4: periodic_moments<4, Terms>(periods, param, a1, a2, in...); i = periods * L; break;
+      default: break;
     }
   }
-  for (int q = 0; q < N; ++q) {
-    std::memcpy(a1 + q * W, &s1[q], sizeof(V));
-    std::memcpy(a2 + q * W, &s2[q], sizeof(V));
+  for (; i < n; i += L) {
+    const int64_t m = std::min(L, n - i);
+    for (int64_t e = 0; e < m; ++e) {
+      M t1, t2;
+      Terms::terms(t1, t2, param[e], M(Tr::decode(in[i + e]))...);
+      a1[e] += t1;
+      a2[e] += t2;
+    }
   }
 }
 
@@ -594,7 +593,8 @@ void stats_typed(const Dims& d, const T* x_, double* part, int threads) {
         d, threads,
         [&](int64_t pos, int64_t n, double* s1, double* s2) {
           M buffer[kTurn];
-          shifted_moments(as_math<T>(x + pos, n, buffer), n, shift[(pos / S) % C], s1, s2);
+          lane_moments<ShiftedTerms>(n, shift[(pos / S) % C], s1, s2,
+                                     as_math<T>(x + pos, n, buffer));
         },
         [&](int64_t unit, double s1, double s2) {
           const int64_t g = unit / C, c = unit % C;
@@ -608,38 +608,7 @@ void stats_typed(const Dims& d, const T* x_, double* part, int threads) {
     reduce_last<M>(
         d, threads,
         [&](int64_t pos, int64_t n, M* __restrict a1, M* __restrict a2) {
-          const R* __restrict in = x + pos;
-          const int64_t periods = n / L;
-          int64_t i = 0;
-          if constexpr (std::is_same_v<R, M>) {
-            switch (L / kLanes) {
-              case 1:
-                periodic_shifted_moments<1>(in, periods, kb, a1, a2);
-                i = periods * L;
-                break;
-              case 2:
-                periodic_shifted_moments<2>(in, periods, kb, a1, a2);
-                i = periods * L;
-                break;
-              case 3:
-                periodic_shifted_moments<3>(in, periods, kb, a1, a2);
-                i = periods * L;
-                break;
-              case 4:
-                periodic_shifted_moments<4>(in, periods, kb, a1, a2);
-                i = periods * L;
-                break;
-              default: break;
-            }
-          }
-          for (; i < n; i += L) {  // lanes in memory (long periods, 16-bit storage), the tail
-            const int64_t m = std::min(L, n - i);
-            for (int64_t e = 0; e < m; ++e) {
-              const M v = M(Tr::decode(in[i + e])) - kb[e];
-              a1[e] += v;
-              a2[e] += v * v;
-            }
-          }
+          period_block_moments<ShiftedTerms, T>(n, L, kb, a1, a2, x + pos);
         },
         [&](int64_t g, int64_t rows, const double* s1, const double* s2) {
           for (int64_t c = 0; c < C; ++c)
@@ -668,8 +637,8 @@ void backward_reduce_typed(const Dims& d, const T* dy_, const T* x_, const void*
         d, threads,
         [&](int64_t pos, int64_t n, double* s1, double* s2) {
           M gb[kTurn], xb[kTurn];
-          gradient_moments(as_math<T>(dy + pos, n, gb), as_math<T>(x + pos, n, xb), n,
-                           mu[(pos / S) % C], s1, s2);
+          lane_moments<GradientTerms>(n, mu[(pos / S) % C], s1, s2, as_math<T>(dy + pos, n, gb),
+                                      as_math<T>(x + pos, n, xb));
         },
         [&](int64_t unit, double s1, double s2) {
           part[2 * unit] = s1;
@@ -682,39 +651,7 @@ void backward_reduce_typed(const Dims& d, const T* dy_, const T* x_, const void*
     reduce_last<M>(
         d, threads,
         [&](int64_t pos, int64_t n, M* __restrict a1, M* __restrict a2) {
-          const R* __restrict xi = x + pos;
-          const R* __restrict gi = dy + pos;
-          const int64_t periods = n / L;
-          int64_t i = 0;
-          if constexpr (std::is_same_v<R, M>) {
-            switch (L / kLanes) {
-              case 1:
-                periodic_gradient_moments<1>(gi, xi, periods, mb, a1, a2);
-                i = periods * L;
-                break;
-              case 2:
-                periodic_gradient_moments<2>(gi, xi, periods, mb, a1, a2);
-                i = periods * L;
-                break;
-              case 3:
-                periodic_gradient_moments<3>(gi, xi, periods, mb, a1, a2);
-                i = periods * L;
-                break;
-              case 4:
-                periodic_gradient_moments<4>(gi, xi, periods, mb, a1, a2);
-                i = periods * L;
-                break;
-              default: break;
-            }
-          }
-          for (; i < n; i += L) {
-            const int64_t m = std::min(L, n - i);
-            for (int64_t e = 0; e < m; ++e) {
-              const M g = M(Tr::decode(gi[i + e]));
-              a1[e] += g;
-              a2[e] += g * (M(Tr::decode(xi[i + e])) - mb[e]);
-            }
-          }
+          period_block_moments<GradientTerms, T>(n, L, mb, a1, a2, dy + pos, x + pos);
         },
         [&](int64_t g, int64_t, const double* s1, const double* s2) {
           for (int64_t c = 0; c < C; ++c) {

@@ -8,6 +8,10 @@
 // in a fixed order (eight interleaved lanes, then the scalar tail) and the
 // partitions are added in index order. Threads only decide who computes which
 // partition, never the order of an addition.
+//
+// One file (about 430 lines) on purpose: the workspace, its per-ISA pass
+// instantiation (lbfgs_passes.inc, included once per instruction set below)
+// and the pass-shape selection are one translation unit.
 #include "cpu/lbfgs.h"
 
 #include <omp.h>

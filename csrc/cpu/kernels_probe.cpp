@@ -1,3 +1,4 @@
+// Part of the benchmark harness (bench/probe.py), not of the optimizers.
 // Bandwidth probe kernel (see kernels_probe.h): every write stream gets
 // mean(reads) (or a constant when there are no reads).
 // The mean keeps in-place streams bounded and away from denormals, so the

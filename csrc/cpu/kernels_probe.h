@@ -1,3 +1,4 @@
+// Part of the benchmark harness (bench/probe.py), not of the optimizers.
 // Memory-bandwidth probe: streams a set of arrays with a given read/write
 // pattern using the same chunking and OpenMP schedule as the update executor,
 // doing trivial arithmetic so it is purely memory bound. The benchmark divides

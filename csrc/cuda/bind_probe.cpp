@@ -1,6 +1,6 @@
-// optcore._cuda.BandwidthProbe and copy_device: the CUDA side of the
-// benchmark's bandwidth reference (kernels in probe.cu). Pointer-level API:
-// bench/harness.py resolves arrays to device pointers through optcore._arrays.
+// optcore._cuda.BandwidthProbe: the CUDA side of the benchmark harness's
+// bandwidth reference (kernels in probe.cu). Pointer-level API: bench/probe.py
+// resolves arrays to device pointers through optcore._arrays.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -51,8 +51,6 @@ void bind_probe(py::module_& m) {
       .def(
           "run", [](const cuda::DeviceProbe& p, uintptr_t stream) { p.run(stream); }, py::arg("stream") = 0)
       .def_property_readonly("total_elements", &cuda::DeviceProbe::total_elements);
-  m.def("copy_device", &cuda::copy_device, py::arg("dst"), py::arg("src"), py::arg("bytes"), py::arg("stream") = 0,
-        "Device-to-device cudaMemcpyAsync (copy bandwidth reference).");
 }
 
 RegisterBindings registered("probe", &bind_probe);

@@ -1,3 +1,4 @@
+// Part of the benchmark harness (bench/probe.py), not of the optimizers.
 // CUDA memory-bandwidth probe: every write stream gets mean(read streams),
 // one block per chunk of one tensor, so a list of many small tensors costs one
 // launch like the update executor. Purely memory bound by construction.
@@ -95,13 +96,6 @@ void DeviceProbe::run(uintptr_t stream) const {
   else
     probe_kernel<float><<<grid, kThreads, 0, s>>>(t, c, n_reads_, n_writes_);
   check(cudaGetLastError(), "probe kernel launch");
-}
-
-void copy_device(uintptr_t dst, uintptr_t src, int64_t bytes, uintptr_t stream) {
-  if (bytes <= 0) return;
-  check(cudaMemcpyAsync(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), static_cast<size_t>(bytes),
-                        cudaMemcpyDeviceToDevice, reinterpret_cast<cudaStream_t>(stream)),
-        "cudaMemcpyAsync");
 }
 
 }  // namespace cuda

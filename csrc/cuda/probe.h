@@ -1,5 +1,6 @@
-// CUDA bandwidth probe (probe.cu) and device-to-device copy, as plain C++
-// entry points for the host-compiled bindings (bind_probe.cpp).
+// CUDA bandwidth probe (probe.cu) as a plain C++ entry point for the
+// host-compiled bindings (bind_probe.cpp). Part of the benchmark harness
+// (bench/probe.py); nothing in optcore itself calls it.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -28,9 +29,6 @@ class DeviceProbe {
   int64_t total_ = 0;
   int n_reads_, n_writes_, dtype_;
 };
-
-// cudaMemcpyAsync device to device of `bytes` on `stream`.
-void copy_device(uintptr_t dst, uintptr_t src, int64_t bytes, uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace optcore

@@ -8,6 +8,9 @@ offending argument before anything is written; the Python-level algorithms
 from the functions at the end (``array_module``, ``array_namespace``,
 ``to_host``, ``clone``, ``assign``). (``optcore.torch`` and
 ``optcore.distributed`` adapt torch's own optimizer and process-group APIs.)
+
+One module (about 480 lines) on purpose: it is the framework boundary, and
+keeping every numpy/cupy/torch test in one file is what makes it the only one.
 """
 from __future__ import annotations
 

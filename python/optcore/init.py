@@ -11,6 +11,10 @@ and on cupy. The device is chosen by ``xp`` (the ``numpy`` or ``cupy`` module,
 or the strings ``"cpu"`` / ``"cuda"``) or ``like`` (an existing array whose
 framework and device are used).
 
+One module (about 430 lines) on purpose: it is the ``optcore.init.*`` namespace
+of section 8.4, and its three parts (weights, biases and variance parameters,
+the data-driven LSUV) share the draw-on-host-then-place helpers.
+
 >>> import numpy as np
 >>> from optcore import init
 >>> W = init.glorot_uniform(64, 32, rng=0)

@@ -3,7 +3,7 @@
 The one-off initial scaling M₀ = (sᵀy/yᵀy)I took 4.6-5.5× scipy's function
 evaluations on a 50-dimensional quadratic of condition number 1e4; the
 upward Oren–Luenberger scaling τ = max(1, sᵀy/yᵀMy) before each update
-(python/optcore/second_order/_engine.py, BFGSEngine) brings it to about 1.0×.
+(python/optcore/second_order/_directions.py, BFGSEngine) brings it to about 1.0×.
 """
 from __future__ import annotations
 
@@ -42,20 +42,20 @@ def test_bfgs_ill_conditioned_quadratic_within_1_5x_scipy_evaluations(seed, lo_e
 
 def test_bfgs_scaling_would_fail_without_it(monkeypatch):
     """The old one-off initial scaling misses the bound (the test above can fail)."""
-    from optcore.second_order import _engine
+    from optcore.second_order import _directions, _objective
 
     def old_update(self):
         xp, s, y = self.xp, self.s, self.y
-        sy, yy = _engine.vdot(xp, s, y), _engine.vdot(xp, y, y)
+        sy, yy = _objective.vdot(xp, s, y), _objective.vdot(xp, y, y)
         if self.updates == 0:
             self.M *= sy / yy
         rho = 1.0 / sy
         My = self.M @ y
-        yMy = _engine.vdot(xp, y, My)
+        yMy = _objective.vdot(xp, y, My)
         self.M += (rho * rho * yMy + rho) * xp.outer(s, s) - rho * (xp.outer(My, s) + xp.outer(s, My))
         self.updates += 1
 
-    monkeypatch.setattr(_engine.BFGSEngine, "_update", old_update)
+    monkeypatch.setattr(_directions.BFGSEngine, "_update", old_update)
     f, _ = _quadratic(0, 50, 0, 4)
     ours = optcore.minimize(f, np.zeros(50), method="bfgs", jac=True)
     peer = scipy_optimize.minimize(f, np.zeros(50), method="BFGS", jac=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import optcore
-from optcore.second_order._engine import LBFGSEngine
+from optcore.second_order._directions import LBFGSEngine
 from tests.conftest import cupy_or_skip
 
 

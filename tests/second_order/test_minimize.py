@@ -141,7 +141,7 @@ def test_bfgs_update_matches_reference(rng):
     # equal the reference update of M scaled by τ = max(1, sᵀy/yᵀMy), from M₀ = I.
     k = 5
     A, b = _spd(rng, k, 20.0), rng.standard_normal(k)
-    from optcore.second_order._engine import BFGSEngine
+    from optcore.second_order._directions import BFGSEngine
     eng = BFGSEngine(k, np.float64, np)
     s, s2 = rng.standard_normal(k), rng.standard_normal(k)
     y, y2 = A @ s, A @ s2
@@ -163,7 +163,7 @@ def test_bfgs_update_matches_reference(rng):
 
 @pytest.mark.parametrize("beta,expected", [("fr", ref.beta_fletcher_reeves), ("pr", ref.beta_polak_ribiere)])
 def test_cg_beta_formulas(rng, beta, expected):
-    from optcore.second_order._engine import CGEngine
+    from optcore.second_order._directions import CGEngine
     k = 6
     eng = CGEngine(k, np.float64, np, beta=beta)
     g0, g1 = rng.standard_normal(k), rng.standard_normal(k)
@@ -178,7 +178,7 @@ def test_cg_beta_formulas(rng, beta, expected):
 
 
 def test_cg_pr_plus_clamps_and_restarts_every_k(rng):
-    from optcore.second_order._engine import CGEngine
+    from optcore.second_order._directions import CGEngine
     eng = CGEngine(4, np.float64, np, beta="pr+", restart=2)
     g0 = np.array([1.0, 0, 0, 0])
     eng.direction(g0)

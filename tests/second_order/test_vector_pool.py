@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import optcore
-from optcore.second_order import _engine
-from optcore.second_order._engine import VectorPool
+from optcore.second_order import _objective
+from optcore.second_order._objective import VectorPool
 
 
 def test_leased_vectors_are_never_handed_out_again():
@@ -89,7 +89,7 @@ def test_pool_reuse_changes_no_result(monkeypatch, cls):
         return params
 
     pooled = run()
-    monkeypatch.setattr(_engine.VectorPool, "take",
+    monkeypatch.setattr(_objective.VectorPool, "take",
                         lambda self: self.xp.full(self.n, np.nan, dtype=self.dtype))
     fresh = run()
     for a, b in zip(pooled, fresh):

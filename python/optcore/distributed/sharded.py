@@ -17,6 +17,10 @@ optimizer state (moments, masters, averages) for that shard only. A step:
 
 Bytes one rank sends per step: (N−1)/N·Ψ in the all-to-all and (N−1)/N·Ψ in the
 all-gather (Ψ = parameter bytes), the ZeRO-1 bound 2Ψ(N−1)/N, plus 16 bytes.
+
+One module (about 520 lines) on purpose: it is one class, and its step, its
+state dict (each owner's shard state gathered into the unsharded layout) and its
+checks all read the same bucket layout (_Bucket).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ minibatch-averaged gradients g of the chapter).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, List, Union
 
 import numpy as np
 

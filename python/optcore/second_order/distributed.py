@@ -29,7 +29,8 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from .. import _arrays
-from ._engine import NonFiniteError, Objective
+from ._objective import NonFiniteError, Objective
+from ._state import EngineState
 
 
 def _communicator(comm: Any):
@@ -120,7 +121,7 @@ class ShardedObjective(Objective):
         return float(buf[0])
 
 
-class ShardedLBFGSEngine:
+class ShardedLBFGSEngine(EngineState):
     """Compact-form L-BFGS direction over sharded vectors (Byrd, Nocedal & Schnabel 1994).
 
     H = γI + [S γY] [[R⁻ᵀ(D + γYᵀY)R⁻¹, −R⁻ᵀ], [−R⁻¹, 0]] [Sᵀ; γYᵀ] with R the upper
@@ -131,6 +132,8 @@ class ShardedLBFGSEngine:
     """
 
     name = "lbfgs"
+    state_arrays = ("S", "Y", "s", "y", "d", "SY", "YY")
+    state_values = ("gamma", "oldest", "count", "pending", "accepted", "rejected", "allreduces")
 
     def __init__(self, n: int, dtype, xp, comm: Any, m: int = 10, curvature_eps: float = 1e-8):
         self.n, self.m, self.xp, self.eps = n, m, xp, curvature_eps

@@ -10,8 +10,9 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from .. import _arrays
-from ._engine import (LINE_SEARCHES, BFGSEngine, CGEngine, LBFGSEngine, LoopState, NonFiniteError,
-                      Objective, run_iterations)
+from ._directions import BFGSEngine, CGEngine, LBFGSEngine
+from ._loop import LINE_SEARCHES, LoopState, run_iterations
+from ._objective import NonFiniteError, Objective
 from .newton import NewtonEngine, check_hessian_fits, finite_difference_hessian, run_newton
 
 METHODS = ("lbfgs", "bfgs", "cg", "newton")

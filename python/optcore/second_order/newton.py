@@ -8,7 +8,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _arrays
-from ._engine import NonFiniteError, Objective
+from ._objective import NonFiniteError, Objective
+from ._state import EngineState
 
 MODES = ("plain", "damped", "saddle_free")
 
@@ -66,7 +67,7 @@ class NewtonOutcome:
     damping: float
 
 
-class NewtonEngine:
+class NewtonEngine(EngineState):
     """State of a Newton run: the damping α and its Levenberg–Marquardt schedule.
 
     mode="plain": θ ← θ − H⁻¹g (Alg. 8.8), every step taken.
@@ -75,6 +76,8 @@ class NewtonEngine:
     retried from the same θ) and when the Cholesky factorisation of H + αI fails.
     mode="saddle_free": θ ← θ − (|H| + αI)⁻¹g with |H| = V|Λ|Vᵀ, α adapted the same way.
     """
+
+    state_values = ("alpha", "cholesky_failures", "rejected_steps")
 
     def __init__(self, mode: str = "damped", damping: float = 0.0, increase: float = 10.0,
                  decrease: float = 10.0, min_damping: float = 1e-12, max_damping: float = 1e16):

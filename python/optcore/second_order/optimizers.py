@@ -1,178 +1,38 @@
 """Stateful second-order optimizers for training loops: ``LBFGS``, ``BFGS``,
 ``NonlinearCG`` (alias ``CG``) and ``Newton``.
 
+They follow the protocol of every optcore optimizer (README, "One optimizer
+protocol"): ``params()``, ``param_groups`` (one group: the methods work on the
+parameters as one flat vector), ``step(closure)``, ``state_dict()`` /
+``load_state_dict()`` and a ``__repr__`` with the hyper-parameters.
+
 ``opt.step(closure)`` runs up to ``max_iter`` iterations, calling
-``closure(params) -> (loss, grads)`` (grads a list parallel to params) as often
-as the line search needs, and updates the parameters in place. The history
-(pairs, conjugate direction, damping) carries over between calls, so a
-stochastic closure (a new minibatch per call, 8.6.2) also works; use
-``line_search="armijo"`` or ``None`` (fixed ``lr``) there.
+``closure(params) -> (loss, grads)`` (grads a list parallel to params; the
+first-order optimizers take the same closure) as often as the line search needs,
+and updates the parameters in place. The history (pairs, conjugate direction,
+damping) carries over between calls, so a stochastic closure (a new minibatch per
+call, 8.6.2) also works; use ``line_search="armijo"`` or ``None`` (fixed ``lr``) there.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
-
-import numpy as np
+from typing import Any, Callable, Optional
 
 from .. import _arrays
-from .._threads import serialised
-from ._engine import (LINE_SEARCHES, BFGSEngine, CGEngine, LBFGSEngine, LoopState, NonFiniteError,
-                      Objective, VectorPool, _is_host_vector, held_vectors, run_iterations)
+from ._base import _SecondOrder
+from ._directions import BFGSEngine, CGEngine, LBFGSEngine
+from ._loop import run_iterations
+from ._objective import Objective
 from .minimize import _check_int
 from .newton import NewtonEngine, check_hessian_fits, finite_difference_hessian, run_newton
 
 
-class _SecondOrder:
-    _method = ""
-
-    def __init__(self, params: Any, *, max_iter: int, line_search: Optional[str], lr: float,
-                 gtol: float, ftol: float, c1: float, c2: float):
-        self.params: List[Any] = _arrays.as_list(params, "params")
-        if not self.params:
-            raise ValueError("params: expected at least one array")
-        views = _arrays.views_of(self.params, "params")
-        for i, v in enumerate(views):
-            name = f"params[{i}]"
-            _arrays.require_supported_dtype(v, name, (0, 1))
-            _arrays.require_writeable(v, name)
-            _arrays.require_contiguous(v, name)
-            if v.dtype != views[0].dtype:
-                raise TypeError(f"{name}: dtype {v.dtype_name} differs from params[0] "
-                                f"({views[0].dtype_name}); second-order methods need one dtype")
-            if v.where != views[0].where:
-                raise ValueError(f"{name}: on {v.where}, params[0] is on {views[0].where}")
-        _arrays.require_no_overlap(views, [f"params[{i}]" for i in range(len(views))])
-        flats = [_arrays.ndarray_view(p, f"params[{i}]") for i, p in enumerate(self.params)]
-        self._flat = [f for f, _ in flats]
-        self.xp = flats[0][1]
-        self._view0 = views[0]
-        self.dtype = self._flat[0].dtype
-        self.sizes = [f.size for f in self._flat]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
-        self.n = int(self.offsets[-1])
-        if line_search not in LINE_SEARCHES or line_search == "exact":
-            raise ValueError(f"line_search: expected 'strong_wolfe', 'armijo' or None, "
-                             f"got {line_search!r}")
-        self.max_iter = _check_int(max_iter, "max_iter", 1)
-        #: stop a step at an iteration boundary once this many evaluations were spent
-        #: (None: no bound beyond max_iter and the line search's own); torch's max_eval
-        self.max_eval: Optional[int] = None
-        self.line_search = line_search
-        self.lr = _arrays.require_range(lr, "lr", 0.0, lo_open=True)
-        self.gtol = _arrays.require_range(gtol, "gtol", 0.0)
-        self.ftol = _arrays.require_range(ftol, "ftol", 0.0)
-        self.c1 = _arrays.require_range(c1, "c1", 0.0, 1.0, lo_open=True, hi_open=True)
-        self.c2 = _arrays.require_range(c2, "c2", self.c1, 1.0, lo_open=True, hi_open=True)
-        self.loop = LoopState()
-        self.nfev = 0
-        self.success: Optional[bool] = None
-        self.message = ""
-        self._stopped = False
-
-    # -- flat <-> parameter list
-    def _vectors(self) -> VectorPool:
-        # Iterates, trial points and gathered gradients, reused from step to step.
-        if getattr(self, "_pool", None) is None:
-            self._pool = VectorPool(self.n, self.dtype, self.xp)
-        return self._pool
-
-    def _gather_params(self):
-        x = self._vectors().take()
-        if _is_host_vector(x) and all(_is_host_vector(f) and f.dtype == x.dtype for f in self._flat):
-            from .. import _core
-            _core.gather_checked(x, self._flat)  # one threaded pass (the checks are not needed here)
-            return x
-        for f, a, b in zip(self._flat, self.offsets[:-1], self.offsets[1:]):
-            x[a:b] = f
-        return x
-
-    def _scatter(self, x) -> None:
-        for f, a, b in zip(self._flat, self.offsets[:-1], self.offsets[1:]):
-            f[...] = x[a:b]
-
-    def _evaluate_closure(self, closure: Callable):
-        pool = self._vectors()
-        host = all(_is_host_vector(f) for f in self._flat)
-
-        def evaluate(x):
-            # The Objective has put x into the parameters already.
-            out = closure(self.params)
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise TypeError("closure: expected closure(params) -> (loss, grads)")
-            loss, grads = out
-            grads = _arrays.as_list(grads, "grads")
-            if len(grads) != len(self.params):
-                raise ValueError(f"grads: expected {len(self.params)} arrays (one per parameter), "
-                                 f"got {len(grads)}")
-            views = []
-            for i, (gr, a, b) in enumerate(zip(grads, self.offsets[:-1], self.offsets[1:])):
-                gv, gxp = _arrays.ndarray_view(gr, f"grads[{i}]")
-                if gxp is not self.xp or gv.size != b - a:
-                    raise ValueError(f"grads[{i}]: expected {b - a} elements on the parameters' "
-                                     f"device, got {gv.size}")
-                views.append(gv)
-            g = pool.take()
-            if host and all(_is_host_vector(v) and v.dtype == self.dtype for v in views):
-                from .. import _core
-                # One pass: the copy, the finiteness check and ‖g‖∞ for the gtol test.
-                finite, g_max = _core.gather_checked(g, views)
-                if not finite:
-                    raise NonFiniteError("the objective returned a non-finite gradient")
-                return float(loss), g, g_max
-            for gv, a, b in zip(views, self.offsets[:-1], self.offsets[1:]):
-                g[a:b] = gv
-            return float(loss), g
-        return evaluate
-
-    @serialised  # README, "Threads"
-    def step(self, closure: Callable) -> float:
-        """Run up to ``max_iter`` iterations; returns the loss at the final parameters.
-
-        A non-finite loss or gradient stops the run: the parameters are restored to
-        the last finite iterate, ``success`` becomes False and ``message`` says why."""
-        if not callable(closure):
-            raise TypeError("closure: expected a callable closure(params) -> (loss, grads)")
-        obj = self._new_objective(self._evaluate_closure(closure), list(self._flat))
-        x = self._gather_params()
-        obj.placed = x  # the parameters hold x already
-        last = {"x": x, "f": None}
-
-        def track(xv, fv, gv):
-            last.update(x=xv, f=fv)
-
-        try:
-            f, g = obj(x)
-            last["f"] = f
-            out = self._run(obj, x, f, g, track)
-            self.success, self.message = out.success, out.message
-            x_final, f_final = out.x, out.f
-        except NonFiniteError as e:
-            self.success = False
-            self.message = f"Stopped: {e}; parameters restored to the last finite iterate."
-            x_final, f_final = last["x"], last["f"]
-            self._stopped = True
-            obj.placed = None
-        if x_final is not obj.placed:
-            self._scatter(x_final)
-        # The parameters hold x now; only what the engine reads later stays leased.
-        self._vectors().release_except(held_vectors(getattr(self, "engine", None)))
-        self.nfev += obj.nfev
-        return f_final if f_final is not None else float("nan")
-
-    def _new_objective(self, evaluate, pieces):
-        return Objective(evaluate, self.xp, pieces=pieces)
-
-    def state_summary(self) -> dict:
-        return {"iterations": self.loop.iterations, "nfev": self.nfev, "success": self.success,
-                "message": self.message}
-
-
 class _LineSearchOptimizer(_SecondOrder):
     def _run(self, obj, x, f, g, track):
-        return run_iterations(self.engine, obj, x, f, g, self.loop, max_iter=self.max_iter,
-                              gtol=self.gtol, ftol=self.ftol, line_search=self.line_search,
-                              c1=self.c1, c2=self.c2, lr=self.lr, callback=track,
-                              max_eval=self.max_eval,
+        o = self._options
+        return run_iterations(self.engine, obj, x, f, g, self.loop, max_iter=o["max_iter"],
+                              gtol=o["gtol"], ftol=o["ftol"], line_search=o["line_search"],
+                              c1=o["c1"], c2=o["c2"], lr=o["lr"], callback=track,
+                              max_eval=o.get("max_eval"),
                               new_vector=self._vectors().take,
                               release_except=self._vectors().release_except)
 
@@ -204,11 +64,16 @@ class LBFGS(_LineSearchOptimizer):
     def __init__(self, params: Any, history_size: int = 10, line_search: Optional[str] = "strong_wolfe",
                  max_iter: int = 20, lr: float = 1.0, gtol: float = 1e-7, ftol: float = 1e-12,
                  curvature_eps: float = 1e-8, c1: float = 1e-4, c2: float = 0.9, threads: int = 0,
-                 comm: Any = None):
-        super().__init__(params, max_iter=max_iter, line_search=line_search, lr=lr, gtol=gtol,
-                         ftol=ftol, c1=c1, c2=c2)
-        history_size = _check_int(history_size, "history_size", 1, 1024)
-        eps = _arrays.require_range(curvature_eps, "curvature_eps", 0.0, 1.0, hi_open=True)
+                 comm: Any = None, max_eval: Optional[int] = None):
+        super().__init__(params, dict(line_search=line_search, max_iter=max_iter, lr=lr, gtol=gtol,
+                                      ftol=ftol, c1=c1, c2=c2, max_eval=max_eval),
+                         dict(history_size=history_size, curvature_eps=curvature_eps,
+                              threads=threads))
+        history_size = self._fix("history_size", _check_int(self._fixed["history_size"],
+                                                            "history_size", 1, 1024))
+        eps = self._fix("curvature_eps", _arrays.require_range(
+            self._fixed["curvature_eps"], "curvature_eps", 0.0, 1.0, hi_open=True))
+        threads = self._fix("threads", _check_int(self._fixed["threads"], "threads", 0))
         self.comm = comm
         if comm is not None:
             from .distributed import ShardedLBFGSEngine
@@ -234,10 +99,13 @@ class BFGS(_LineSearchOptimizer):
     def __init__(self, params: Any, line_search: Optional[str] = "strong_wolfe", max_iter: int = 20,
                  lr: float = 1.0, gtol: float = 1e-7, ftol: float = 1e-12,
                  curvature_eps: float = 1e-8, c1: float = 1e-4, c2: float = 0.9,
-                 max_bytes: Optional[int] = None):
-        super().__init__(params, max_iter=max_iter, line_search=line_search, lr=lr, gtol=gtol,
-                         ftol=ftol, c1=c1, c2=c2)
-        eps = _arrays.require_range(curvature_eps, "curvature_eps", 0.0, 1.0, hi_open=True)
+                 max_bytes: Optional[int] = None, max_eval: Optional[int] = None):
+        super().__init__(params, dict(line_search=line_search, max_iter=max_iter, lr=lr, gtol=gtol,
+                                      ftol=ftol, c1=c1, c2=c2, max_eval=max_eval),
+                         dict(curvature_eps=curvature_eps, max_bytes=max_bytes))
+        eps = self._fix("curvature_eps", _arrays.require_range(
+            self._fixed["curvature_eps"], "curvature_eps", 0.0, 1.0, hi_open=True))
+        max_bytes = self._fixed["max_bytes"]
         self.engine = BFGSEngine(self.n, self.dtype, self.xp, curvature_eps=eps, max_bytes=max_bytes,
                                  device=self._view0.device, device_id=self._view0.device_id)
 
@@ -248,10 +116,12 @@ class NonlinearCG(_LineSearchOptimizer):
 
     def __init__(self, params: Any, beta: str = "pr+", restart: Optional[int] = None,
                  line_search: Optional[str] = "strong_wolfe", max_iter: int = 20, lr: float = 1.0,
-                 gtol: float = 1e-7, ftol: float = 1e-12, c1: float = 1e-4, c2: float = 0.1):
-        super().__init__(params, max_iter=max_iter, line_search=line_search, lr=lr, gtol=gtol,
-                         ftol=ftol, c1=c1, c2=c2)
-        self.engine = CGEngine(self.n, self.dtype, self.xp, beta=beta, restart=restart)
+                 gtol: float = 1e-7, ftol: float = 1e-12, c1: float = 1e-4, c2: float = 0.1,
+                 max_eval: Optional[int] = None):
+        super().__init__(params, dict(line_search=line_search, max_iter=max_iter, lr=lr, gtol=gtol,
+                                      ftol=ftol, c1=c1, c2=c2, max_eval=max_eval), dict(beta=beta, restart=restart))
+        self.engine = CGEngine(self.n, self.dtype, self.xp, beta=self._fixed["beta"],
+                               restart=self._fixed["restart"])
 
 
 CG = NonlinearCG
@@ -267,13 +137,15 @@ class Newton(_SecondOrder):
     def __init__(self, params: Any, mode: str = "damped", damping: float = 0.0,
                  hess: Optional[Callable] = None, max_iter: int = 20, gtol: float = 1e-7,
                  ftol: float = 1e-12, max_hessian_bytes: Optional[int] = None):
-        super().__init__(params, max_iter=max_iter, line_search=None, lr=1.0, gtol=gtol, ftol=ftol,
-                         c1=1e-4, c2=0.9)
-        check_hessian_fits(self.n, max_hessian_bytes, self._view0.device, self._view0.device_id)
+        super().__init__(params, dict(max_iter=max_iter, gtol=gtol, ftol=ftol),
+                         dict(mode=mode, damping=damping, max_hessian_bytes=max_hessian_bytes))
+        check_hessian_fits(self.n, self._fixed["max_hessian_bytes"], self._view0.device,
+                           self._view0.device_id)
         if hess is not None and not callable(hess):
             raise TypeError("hess: expected a callable hess(params) -> (n, n) array")
         self.hess = hess
-        self.engine = NewtonEngine(mode=mode, damping=damping)
+        self.engine = NewtonEngine(mode=self._fixed["mode"], damping=self._fixed["damping"])
+        self._fix("damping", self.engine.alpha)  # validated (the initial α; it adapts, see state)
 
     def _run(self, obj, x, f, g, track):
         if self.hess is None:
@@ -281,11 +153,12 @@ class Newton(_SecondOrder):
         else:
             def hess_fn(xv):
                 self._scatter(xv)
-                H, _ = _arrays.ndarray_view(self.hess(self.params), "hess")
+                H, _ = _arrays.ndarray_view(self.hess(self._params), "hess")
                 if H.size != self.n * self.n:
                     raise ValueError(f"hess: expected {self.n}×{self.n} values, got {H.size}")
                 return H.reshape(self.n, self.n)
-        out = run_newton(self.engine, obj, hess_fn, x, f, g, max_iter=self.max_iter,
-                         gtol=self.gtol, ftol=self.ftol, callback=track)
+        o = self._options
+        out = run_newton(self.engine, obj, hess_fn, x, f, g, max_iter=o["max_iter"],
+                         gtol=o["gtol"], ftol=o["ftol"], callback=track)
         self.loop.iterations += out.nit
         return out

@@ -1,0 +1,80 @@
+"""What a second-order engine carries from one ``step`` to the next, as a host copy.
+
+An engine lists the attributes it carries: ``state_arrays`` (arrays of the engine's
+array module, or None) and ``state_values`` (plain Python values). ``state_dict``
+copies them to the host; ``load_state_dict`` checks every entry against this engine
+before it writes any, then copies arrays into the live buffers in place (kernels and
+pools hold those by identity) and recreates the ones that were None.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from .. import _arrays
+
+
+class EngineState:
+    state_arrays: Tuple[str, ...] = ()
+    state_values: Tuple[str, ...] = ()
+    state_extra: Tuple[str, ...] = ()  # keys of _extra_state()
+    #: arrays held by reference (the caller's gradient vectors): loaded as new arrays
+    state_refs: Tuple[str, ...] = ()
+
+    def state_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {k: getattr(self, k) for k in self.state_values}
+        for k in self.state_arrays:
+            v = getattr(self, k)
+            out[k] = None if v is None else _arrays.to_numpy(v)
+        out.update(self._extra_state())
+        return out
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        want = set(self.state_arrays) | set(self.state_values) | set(self.state_extra)
+        if not isinstance(state, dict) or set(state) != want:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state_dict: the engine state must hold {sorted(want)}, got {got}")
+        writes: List[Tuple[str, Any, Any]] = []
+        for k in self.state_arrays:
+            if k in self.state_refs and state[k] is None:
+                writes.append((k, None, None))
+                continue
+            host, live = state[k], getattr(self, k)
+            if host is None:
+                writes.append((k, live, None))
+                continue
+            host = np.asarray(host)
+            if k in self.state_refs:
+                live = None  # never written in place: another owner may use that vector
+            if live is not None:
+                if host.shape != tuple(live.shape) or host.dtype != live.dtype:
+                    raise ValueError(f"state_dict: engine state '{k}' must be {live.dtype} of "
+                                     f"shape {tuple(live.shape)}, got {host.dtype} {host.shape}")
+            elif host.shape != (self.n,) or host.dtype.kind != "f":
+                raise ValueError(f"state_dict: engine state '{k}' must be a float vector of "
+                                 f"{self.n} elements, got {host.dtype} {host.shape}")
+            writes.append((k, live, host))
+        self._check_extra(state)
+        for k, live, host in writes:
+            if host is None:
+                setattr(self, k, None)
+            elif isinstance(live, np.ndarray):
+                live[...] = host
+            elif live is not None:
+                live[...] = self.xp.asarray(host)
+            else:
+                setattr(self, k, self.xp.asarray(host.copy()))
+        for k in self.state_values:
+            setattr(self, k, state[k])
+        self._load_extra(state)
+
+    # Hooks for state that lives outside attributes (the L-BFGS kernel workspace).
+    def _extra_state(self) -> Dict[str, Any]:
+        return {}
+
+    def _check_extra(self, state: Dict[str, Any]) -> None:
+        pass
+
+    def _load_extra(self, state: Dict[str, Any]) -> None:
+        pass
