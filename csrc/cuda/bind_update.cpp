@@ -56,10 +56,6 @@ class CudaUpdatePlan {
     PlanTables tables = build_plan_tables(traits, thetas, numels, dtypes, states, chunk_elements,
                                           grad_dtypes, averages, model_copies);
     apply_low_precision(tables, traits, chunk_elements, low_precision);
-    for (const PlanTensor& t : tables.tensors)
-      if (t.flags & kPlanLowPrecision)
-        throw py::value_error("state_dtype: bfloat16/int8 state and stochastic rounding are not "
-                              "implemented on CUDA yet");
     const int devices = cuda::device_count();
     if (device_id < 0 || device_id >= devices)
       throw py::value_error("device_id: " + std::to_string(device_id) + " is not a CUDA device (" +
@@ -219,6 +215,8 @@ void bind_update(py::module_& m) {
   }, py::arg("device_id") = 0);
   m.attr("RULE_COUNT") = kRuleCount;
   m.attr("MAX_SCALARS") = kMaxScalars;
+  m.attr("RANDOM_SEED_SLOT") = int(kRandomSeed);
+  m.attr("RANDOM_STEP_SLOT") = int(kRandomStep);
 }
 
 RegisterBindings registered("update", &bind_update);
