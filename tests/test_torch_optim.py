@@ -53,7 +53,12 @@ def test_signature_is_torch_optims(name):
         pytest.skip(f"optcore.torch.{name} is not implemented")
     mine = inspect.signature(getattr(ot, name).__init__).parameters
     theirs = inspect.signature(getattr(torch.optim, name).__init__).parameters
-    assert list(mine) == list(theirs)
+    # torch's parameters in torch's order, then (keyword-only) optcore's state precision
+    assert list(mine)[:len(theirs)] == list(theirs)
+    extra = list(mine)[len(theirs):]
+    assert set(extra) <= set(ot._Adapter._precision_names), extra
+    assert all(mine[key].kind is inspect.Parameter.KEYWORD_ONLY and mine[key].default is None
+               for key in extra), extra
     for key, p in theirs.items():
         assert (mine[key].kind, mine[key].default) == (p.kind, p.default), key
 

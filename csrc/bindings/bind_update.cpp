@@ -35,11 +35,13 @@ class UpdatePlan {
              const std::vector<int>& dtypes, const std::vector<std::vector<uintptr_t>>& states,
              int64_t chunk_elements, const std::optional<std::vector<int>>& grad_dtypes,
              const std::optional<std::vector<uintptr_t>>& averages,
-             const std::optional<std::vector<uintptr_t>>& model_copies)
+             const std::optional<std::vector<uintptr_t>>& model_copies,
+             const LowPrecisionOptions& low_precision)
       : rule_(rule) {
     const RuleTraitsRow& traits = rule_traits(rule);
     PlanTables tables = build_plan_tables(traits, thetas, numels, dtypes, states, chunk_elements,
                                           grad_dtypes, averages, model_copies);
+    apply_low_precision(tables, traits, chunk_elements, low_precision);
     const size_t n = thetas.size();
     tensors_ = std::move(tables.tensors);
     chunks_ = std::move(tables.chunks);
@@ -211,14 +213,25 @@ class NumpyGradChecker {
 void bind_update(py::module_& m) {
   py::class_<UpdatePlan>(m, "UpdatePlan",
                          "Work decomposition of one update rule over a fixed list of tensors.")
-      .def(py::init<int, const std::vector<uintptr_t>&, const std::vector<int64_t>&,
-                    const std::vector<int>&, const std::vector<std::vector<uintptr_t>>&, int64_t,
-                    const std::optional<std::vector<int>>&, const std::optional<std::vector<uintptr_t>>&,
-                    const std::optional<std::vector<uintptr_t>>&>(),
+      .def(py::init([](int rule, const std::vector<uintptr_t>& thetas, const std::vector<int64_t>& numels,
+                       const std::vector<int>& dtypes, const std::vector<std::vector<uintptr_t>>& states,
+                       int64_t chunk_elements, const std::optional<std::vector<int>>& grad_dtypes,
+                       const std::optional<std::vector<uintptr_t>>& averages,
+                       const std::optional<std::vector<uintptr_t>>& model_copies,
+                       const std::optional<std::vector<int>>& state_formats,
+                       const std::optional<std::vector<std::vector<uintptr_t>>>& absmax,
+                       int64_t block_size, bool stochastic,
+                       const std::optional<std::vector<int64_t>>& keys) {
+             LowPrecisionOptions lp{state_formats, absmax, block_size, stochastic, keys};
+             return new UpdatePlan(rule, thetas, numels, dtypes, states, chunk_elements, grad_dtypes,
+                                   averages, model_copies, lp);
+           }),
            py::arg("rule"), py::arg("thetas"), py::arg("numels"), py::arg("dtypes"),
            py::arg("states"), py::arg("chunk_elements") = 32768, py::kw_only(),
            py::arg("grad_dtypes") = py::none(), py::arg("averages") = py::none(),
-           py::arg("model_copies") = py::none())
+           py::arg("model_copies") = py::none(), py::arg("state_formats") = py::none(),
+           py::arg("absmax") = py::none(), py::arg("block_size") = 256,
+           py::arg("stochastic") = false, py::arg("keys") = py::none())
       .def("step", &UpdatePlan::step, py::arg("grads"), py::arg("scalars"), py::arg("threads") = 0)
       .def("grad_sum_squares", &UpdatePlan::grad_sum_squares, py::arg("grads"), py::arg("threads") = 0)
       .def("theta_sum_squares", &UpdatePlan::theta_sum_squares, py::arg("threads") = 0)
@@ -245,6 +258,8 @@ void bind_update(py::module_& m) {
   m.attr("AVERAGE_WEIGHT_SLOT") = int(kAverageWeight);
   m.attr("L2_DECAY_SLOT") = int(kL2Decay);
   m.attr("DECOUPLED_DECAY_SLOT") = int(kDecoupledDecay);
+  m.attr("RANDOM_SEED_SLOT") = int(kRandomSeed);
+  m.attr("RANDOM_STEP_SLOT") = int(kRandomStep);
 
   py::class_<NumpyGradChecker>(m, "NumpyGradChecker")
       .def(py::init<const std::vector<int>&, const std::vector<std::vector<int64_t>>&,

@@ -15,6 +15,7 @@
 #include "bindings/rule_traits.h"
 #include "optcore/dtypes.h"
 #include "optcore/plan_types.h"
+#include "optcore/quantize.h"
 #include "optcore/step_scalars.h"
 
 namespace optcore {
@@ -127,6 +128,71 @@ inline pybind11::array_t<uint64_t, pybind11::array::c_style> pointer_array(pybin
     throw pybind11::value_error(std::string(name) + ": expected a uint64 array of " +
                                 std::to_string(count) + " data pointers");
   return arr;
+}
+
+// Low-precision state and stochastic rounding (optcore/quantize.h), the same
+// for every tensor of a plan: a format per state stream, the absmax buffers of
+// its 8-bit streams, the block size, and the random key index of each tensor.
+struct LowPrecisionOptions {
+  std::optional<std::vector<int>> state_formats;                // one per state stream
+  std::optional<std::vector<std::vector<uintptr_t>>> absmax;    // per state stream, one per tensor
+  int64_t block_size = 256;
+  bool stochastic = false;
+  std::optional<std::vector<int64_t>> keys;                     // one per tensor
+};
+
+inline void apply_low_precision(PlanTables& out, const RuleTraitsRow& traits, int64_t chunk_elements,
+                                const LowPrecisionOptions& o) {
+  namespace py = pybind11;
+  const size_t n = out.tensors.size();
+  const int64_t b = o.block_size;
+  if (b < 1 || b > kMaxQuantBlock || (b & (b - 1)) != 0)
+    throw py::value_error("block_size: expected a power of two from 1 to " +
+                          std::to_string(kMaxQuantBlock) + ", got " + std::to_string(b));
+  int shift = 0;
+  while ((int64_t(1) << shift) < b) ++shift;
+  std::vector<int> formats(static_cast<size_t>(traits.states), 0);
+  if (o.state_formats) {
+    if (static_cast<int>(o.state_formats->size()) != traits.states)
+      throw py::value_error("state_formats: one per state stream (" + std::to_string(traits.states) + ")");
+    formats = *o.state_formats;
+  }
+  bool any_format = false, any_bf16 = false;
+  for (int f : formats) {
+    if (f < 0 || f > 3) throw py::value_error("state_formats: unknown format code " + std::to_string(f));
+    any_format = any_format || f != 0;
+    any_bf16 = any_bf16 || f == int(StateFormat::BFloat16);
+  }
+  if (o.absmax) {
+    if (static_cast<int>(o.absmax->size()) != traits.states)
+      throw py::value_error("absmax: one list per state stream");
+    for (const auto& list : *o.absmax)
+      if (list.size() != n) throw py::value_error("absmax: every list needs one pointer per tensor");
+  }
+  if (o.keys && o.keys->size() != n) throw py::value_error("keys: one per tensor");
+  bool low_precision = false;
+  for (size_t i = 0; i < n; ++i) {
+    PlanTensor& t = out.tensors[i];
+    t.block_shift = shift;
+    t.key = o.keys ? static_cast<int32_t>((*o.keys)[i]) : static_cast<int32_t>(i);
+    const bool sr_theta = o.stochastic && t.dtype == int(DType::BF16);
+    t.flags = (any_format || sr_theta ? kPlanLowPrecision : 0) | (sr_theta ? kPlanStochasticTheta : 0) |
+              (o.stochastic && any_bf16 ? kPlanStochasticStates : 0);
+    low_precision = low_precision || (t.flags & kPlanLowPrecision);
+    for (int k = 0; k < traits.states; ++k) {
+      t.state_format[k] = formats[static_cast<size_t>(k)];
+      const bool q8 = formats[static_cast<size_t>(k)] >= int(StateFormat::Q8Signed);
+      const uintptr_t a = o.absmax ? (*o.absmax)[static_cast<size_t>(k)][i] : 0;
+      if (q8 && t.numel > 0 && !a)
+        throw py::value_error("absmax: null pointer for 8-bit state " + std::to_string(k) +
+                              " of tensor " + std::to_string(i));
+      t.absmax[k] = q8 ? reinterpret_cast<void*>(a) : nullptr;
+    }
+  }
+  // Blocks never straddle chunks: each chunk begins at a multiple of chunk_elements.
+  if (low_precision && chunk_elements % b != 0)
+    throw py::value_error("chunk_elements: " + std::to_string(chunk_elements) +
+                          " is not a multiple of block_size " + std::to_string(b));
 }
 
 }  // namespace bindings

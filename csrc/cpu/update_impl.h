@@ -4,11 +4,14 @@
 #pragma once
 #include <omp.h>
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
 #include "cpu/update_executor.h"
 #include "optcore/dtypes.h"
+#include "optcore/quantize.h"
+#include "optcore/random.h"
 #include "optcore/rules/all.h"
 
 namespace optcore {
@@ -63,11 +66,139 @@ void run_chunk(const Rule<typename StorageTraits<T>::Math>& rule, T* theta_ptr,
   }
 }
 
+// ---------------------------------------------------------------- low-precision state
+// Plans with a state stored as bfloat16 or 8-bit block codes, or with
+// stochastic rounding (optcore/quantize.h). One pass over memory, block by
+// block (the quantisation block, at most kMaxQuantBlock elements): each state
+// of the block is decoded into a tile of math-type values, the element loop
+// applies the options and the rule exactly as run_chunk does (theta, model
+// copy and average go straight to memory), then each state is re-encoded
+// from its tile: an 8-bit state with the new absmax of the block. The tiles
+// stay in L1. The native path above never comes here.
+
+// Decode n values of state stream k, block `block` (first element `begin`).
+template <class M, class S>
+void load_state_tile(const PlanTensor& t, int k, int64_t begin, int64_t n, M* __restrict tile) {
+  switch (static_cast<StateFormat>(t.state_format[k])) {
+    case StateFormat::Native: {
+      const S* __restrict p = static_cast<const S*>(t.states[k]) + begin;
+      for (int64_t i = 0; i < n; ++i) tile[i] = M(p[i]);
+      break;
+    }
+    case StateFormat::BFloat16: {
+      const uint16_t* __restrict p = static_cast<const uint16_t*>(t.states[k]) + begin;
+      for (int64_t i = 0; i < n; ++i) tile[i] = M(bfloat16_to_float(p[i]));
+      break;
+    }
+    case StateFormat::Q8Signed:
+    case StateFormat::Q8Unsigned: {
+      const float* code = q8_code(t.state_format[k] == int32_t(StateFormat::Q8Signed));
+      const uint8_t* __restrict p = static_cast<const uint8_t*>(t.states[k]) + begin;
+      const float absmax = static_cast<const float*>(t.absmax[k])[begin >> t.block_shift];
+      for (int64_t i = 0; i < n; ++i) tile[i] = M(q8_decode(p[i], code, absmax));
+      break;
+    }
+  }
+}
+
+// Encode a tile back into state stream k; `key` keys the stochastic bfloat16 rounding.
+template <class M, class S>
+void store_state_tile(const PlanTensor& t, int k, int64_t begin, int64_t n, const M* __restrict tile,
+                      uint64_t key) {
+  switch (static_cast<StateFormat>(t.state_format[k])) {
+    case StateFormat::Native: {
+      S* __restrict p = static_cast<S*>(t.states[k]) + begin;
+      for (int64_t i = 0; i < n; ++i) p[i] = S(tile[i]);
+      break;
+    }
+    case StateFormat::BFloat16: {
+      uint16_t* __restrict p = static_cast<uint16_t*>(t.states[k]) + begin;
+      if (t.flags & kPlanStochasticStates) {
+        for (int64_t i = 0; i < n; ++i)
+          p[i] = float_to_bfloat16_stochastic(float(tile[i]), random_bits(key, uint64_t(begin + i)));
+      } else {
+        for (int64_t i = 0; i < n; ++i) p[i] = float_to_bfloat16(float(tile[i]));
+      }
+      break;
+    }
+    case StateFormat::Q8Signed:
+    case StateFormat::Q8Unsigned: {
+      const float* mid = q8_midpoints(t.state_format[k] == int32_t(StateFormat::Q8Signed));
+      uint8_t* __restrict p = static_cast<uint8_t*>(t.states[k]) + begin;
+      float absmax = 0.0f;
+      for (int64_t i = 0; i < n; ++i) absmax = absmax_fold(absmax, float(tile[i]));
+      const float inv = q8_inverse_scale(absmax);
+      for (int64_t i = 0; i < n; ++i) p[i] = q8_encode(float(tile[i]) * inv, mid);
+      static_cast<float*>(t.absmax[k])[begin >> t.block_shift] = absmax;
+      break;
+    }
+  }
+}
+
+template <template <class> class Rule, class T, class G>
+void run_low_precision_chunk(const Rule<typename StorageTraits<T>::Math>& rule, const PlanTensor& t,
+                             const PlanChunk& c, const void* grad_base, const StepScalars& sc) {
+  using Traits = StorageTraits<T>;
+  using GTraits = StorageTraits<G>;
+  using M = typename Traits::Math;
+  using S = typename Traits::State;
+  constexpr int K = RuleInfo<Rule>::states;
+  constexpr bool kReadsGrad = RuleInfo<Rule>::reads_grad;
+  auto* __restrict theta = static_cast<typename Traits::Raw*>(t.theta);
+  const auto* __restrict grad = static_cast<const typename GTraits::Raw*>(grad_base);
+  auto* __restrict model_copy = static_cast<typename GTraits::Raw*>(t.model_copy);
+  S* __restrict average = static_cast<S*>(t.average);
+  const OptionScalars<M> options(sc);
+  const M weight = M(sc.v[kAverageWeight]);
+  const uint64_t seed = uint64_t(sc.v[kRandomSeed]), step = uint64_t(sc.v[kRandomStep]);
+  const uint64_t theta_key = random_key(seed, step, uint64_t(t.key), kRandomStreamTheta);
+  uint64_t state_key[K > 0 ? K : 1];
+  for (int k = 0; k < K; ++k) state_key[k] = random_key(seed, step, uint64_t(t.key), random_stream_state(k));
+  // Stochastic rounding of the parameters exists for bfloat16 storage only.
+  [[maybe_unused]] const bool sr_theta = std::is_same_v<T, BFloat16> && (t.flags & kPlanStochasticTheta);
+  const int64_t block = int64_t(1) << t.block_shift;
+  alignas(64) M tile[K > 0 ? K : 1][kMaxQuantBlock];
+  const int64_t end = c.begin + c.length;
+  for (int64_t b = c.begin; b < end; b += block) {
+    const int64_t n = std::min(block, end - b);
+    for (int k = 0; k < K; ++k) load_state_tile<M, S>(t, k, b, n, tile[k]);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t e = b + i;
+      M th = Traits::decode(theta[e]);
+      M g = M(0);
+      if constexpr (kReadsGrad) g = options.grad(M(GTraits::decode(grad[e])), th);
+      th = options.theta(th);
+      M st[K > 0 ? K : 1];
+      for (int k = 0; k < K; ++k) st[k] = tile[k][i];
+      rule(th, g, st);
+      for (int k = 0; k < K; ++k) tile[k][i] = st[k];
+      typename Traits::Raw stored;
+      if constexpr (std::is_same_v<T, BFloat16>) {
+        stored = sr_theta ? float_to_bfloat16_stochastic(th, random_bits(theta_key, uint64_t(e)))
+                          : Traits::encode(th);
+      } else {
+        stored = Traits::encode(th);
+      }
+      theta[e] = stored;
+      if (model_copy) model_copy[e] = GTraits::encode(float(th));
+      if (average) {
+        const M a = M(average[e]);
+        average[e] = S(a + weight * (Traits::decode(stored) - a));
+      }
+    }
+    for (int k = 0; k < K; ++k) store_state_tile<M, S>(t, k, b, n, tile[k], state_key[k]);
+  }
+}
+
 template <class T, class G, template <class> class Rule>
 void run_typed_chunk(const Rule<typename StorageTraits<T>::Math>& rule, const PlanTensor& t,
                      const PlanChunk& c, const void* grad, const StepScalars& sc) {
   using S = typename StorageTraits<T>::State;
   using M = typename StorageTraits<T>::Math;
+  if (t.flags & kPlanLowPrecision) {
+    run_low_precision_chunk<Rule, T, G>(rule, t, c, grad, sc);
+    return;
+  }
   void* states[kMaxStates];
   for (int k = 0; k < kMaxStates; ++k)
     states[k] = t.states[k] ? static_cast<void*>(static_cast<S*>(t.states[k]) + c.begin) : nullptr;

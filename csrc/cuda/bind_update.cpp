@@ -40,11 +40,13 @@ class CudaUpdatePlan {
                  int device_id, int64_t chunk_elements,
                  const std::optional<std::vector<int>>& grad_dtypes,
                  const std::optional<std::vector<uintptr_t>>& averages,
-                 const std::optional<std::vector<uintptr_t>>& model_copies, py::object stream)
+                 const std::optional<std::vector<uintptr_t>>& model_copies,
+                 const LowPrecisionOptions& low_precision, py::object stream)
       : rule_(rule) {
     const RuleTraitsRow& traits = rule_traits(rule);
     PlanTables tables = build_plan_tables(traits, thetas, numels, dtypes, states, chunk_elements,
                                           grad_dtypes, averages, model_copies);
+    apply_low_precision(tables, traits, chunk_elements, low_precision);
     const int devices = cuda::device_count();
     if (device_id < 0 || device_id >= devices)
       throw py::value_error("device_id: " + std::to_string(device_id) + " is not a CUDA device (" +
@@ -143,14 +145,26 @@ void bind_update(py::module_& m) {
       "grad_sum_squares(grads, stream) and theta_sum_squares(stream) return a deterministic\n"
       "float64 sum of squares; they wait for the stream (one 8-byte device-to-host copy) and\n"
       "refuse a capturing stream. grid_size (0: default) never changes their result.")
-      .def(py::init<int, const std::vector<uintptr_t>&, const std::vector<int64_t>&,
-                    const std::vector<int>&, const std::vector<std::vector<uintptr_t>>&, int, int64_t,
-                    const std::optional<std::vector<int>>&, const std::optional<std::vector<uintptr_t>>&,
-                    const std::optional<std::vector<uintptr_t>>&, py::object>(),
+      .def(py::init([](int rule, const std::vector<uintptr_t>& thetas, const std::vector<int64_t>& numels,
+                       const std::vector<int>& dtypes, const std::vector<std::vector<uintptr_t>>& states,
+                       int device_id, int64_t chunk_elements,
+                       const std::optional<std::vector<int>>& grad_dtypes,
+                       const std::optional<std::vector<uintptr_t>>& averages,
+                       const std::optional<std::vector<uintptr_t>>& model_copies,
+                       const std::optional<std::vector<int>>& state_formats,
+                       const std::optional<std::vector<std::vector<uintptr_t>>>& absmax,
+                       int64_t block_size, bool stochastic,
+                       const std::optional<std::vector<int64_t>>& keys, py::object stream) {
+             LowPrecisionOptions lp{state_formats, absmax, block_size, stochastic, keys};
+             return new CudaUpdatePlan(rule, thetas, numels, dtypes, states, device_id, chunk_elements,
+                                       grad_dtypes, averages, model_copies, lp, stream);
+           }),
            py::arg("rule"), py::arg("thetas"), py::arg("numels"), py::arg("dtypes"),
            py::arg("states"), py::arg("device_id"), py::arg("chunk_elements") = 65536,
            py::kw_only(), py::arg("grad_dtypes") = py::none(), py::arg("averages") = py::none(),
-           py::arg("model_copies") = py::none(), py::arg("stream") = 0)
+           py::arg("model_copies") = py::none(), py::arg("state_formats") = py::none(),
+           py::arg("absmax") = py::none(), py::arg("block_size") = 256,
+           py::arg("stochastic") = false, py::arg("keys") = py::none(), py::arg("stream") = 0)
       .def("step", &CudaUpdatePlan::step, py::arg("grads"), py::arg("scalars"),
            py::arg("stream") = 0)
       .def("set_graph_scalars", &CudaUpdatePlan::set_graph_scalars, py::arg("scalars"),
@@ -189,6 +203,8 @@ void bind_update(py::module_& m) {
   }, py::arg("device_id") = 0);
   m.attr("RULE_COUNT") = kRuleCount;
   m.attr("MAX_SCALARS") = kMaxScalars;
+  m.attr("RANDOM_SEED_SLOT") = int(kRandomSeed);
+  m.attr("RANDOM_STEP_SLOT") = int(kRandomStep);
 }
 
 RegisterBindings registered("update", &bind_update);

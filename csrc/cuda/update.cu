@@ -17,6 +17,8 @@
 #include "cuda/update.h"
 #include "cuda/vector_io.cuh"
 #include "optcore/dtypes.h"
+#include "optcore/quantize.h"
+#include "optcore/random.h"
 #include "optcore/rules/all.h"
 
 namespace optcore {
@@ -201,9 +203,154 @@ __device__ void run_chunk_with_extras(const Rule<MathOf<T>>& rule, const Element
   }
 }
 
+// ---------------------------------------------------------------- low-precision state
+// A chunk of a tensor with bfloat16 or 8-bit state, or stochastic rounding
+// (optcore/quantize.h; the same steps as the CPU executor's
+// run_low_precision_chunk). The chunk is walked one quantisation block at a
+// time: each thread decodes its elements' states, applies the options and the
+// rule, stores theta (and the copy and average) and keeps the new state values
+// in registers; the block's new absmax of each 8-bit state is a max-reduction
+// over the thread block (exact, so independent of the order); then each thread
+// encodes its elements. kPerThread values per thread cover kMaxQuantBlock.
+constexpr int kPerThread = kMaxQuantBlock / kBlockSize;
+
+__device__ __forceinline__ float block_max(float local, float* scratch) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    local = absmax_fold(local, __shfl_xor_sync(0xffffffffu, local, offset));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) scratch[warp] = local;
+  __syncthreads();
+  float m = 0.0f;
+  for (int w = 0; w < int(blockDim.x >> 5); ++w) m = absmax_fold(m, scratch[w]);
+  __syncthreads();  // scratch is reused by the next reduction
+  return m;
+}
+
+template <class M, class S>
+__device__ __forceinline__ M load_state(const PlanTensor& t, int k, int64_t e, float absmax) {
+  switch (static_cast<StateFormat>(t.state_format[k])) {
+    case StateFormat::BFloat16: return M(bfloat16_to_float(static_cast<const uint16_t*>(t.states[k])[e]));
+    case StateFormat::Q8Signed:
+    case StateFormat::Q8Unsigned:
+      return M(q8_decode(static_cast<const uint8_t*>(t.states[k])[e],
+                         q8_code(t.state_format[k] == int32_t(StateFormat::Q8Signed)), absmax));
+    default: return M(static_cast<const S*>(t.states[k])[e]);
+  }
+}
+
+template <template <class> class Rule, class T, class G>
+__device__ void run_low_precision_chunk(const Rule<MathOf<T>>& rule, const ElementScalars<MathOf<T>>& k,
+                                        const StepScalars& sc, const PlanTensor& t, const PlanChunk& c,
+                                        const void* grad_base) {
+  using Traits = StorageTraits<T>;
+  using M = MathOf<T>;
+  using S = StateOf<T>;
+  constexpr int K = RuleInfo<Rule>::states;
+  constexpr int KS = state_slots<K>();
+  __shared__ float scratch[kBlockSize / 32];
+  T* theta = static_cast<T*>(t.theta);
+  const G* grad = static_cast<const G*>(grad_base);
+  G* copy = static_cast<G*>(t.model_copy);
+  S* average = static_cast<S*>(t.average);
+  const uint64_t seed = uint64_t(sc.v[kRandomSeed]), step = uint64_t(sc.v[kRandomStep]);
+  const uint64_t theta_key = random_key(seed, step, uint64_t(t.key), kRandomStreamTheta);
+  const bool sr_states = (t.flags & kPlanStochasticStates) != 0;
+  const int64_t block = int64_t(1) << t.block_shift;
+  const int64_t end = c.begin + c.length;
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  for (int64_t b = c.begin; b < end; b += block) {
+    const int64_t n = min(block, end - b);
+    float absmax_old[KS];
+#pragma unroll
+    for (int q = 0; q < K; ++q)
+      absmax_old[q] = t.state_format[q] >= int32_t(StateFormat::Q8Signed)
+                          ? static_cast<const float*>(t.absmax[q])[b >> t.block_shift] : 0.0f;
+    M vals[KS][kPerThread];
+    float local_max[KS];
+#pragma unroll
+    for (int q = 0; q < KS; ++q) local_max[q] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int64_t i = tid + int64_t(j) * nthreads;
+      if (i >= n) continue;
+      const int64_t e = b + i;
+      M th = Traits::load(theta[e]);
+      M g = M(0);
+      if constexpr (RuleInfo<Rule>::reads_grad) g = k.options.grad(M(StorageTraits<G>::load(grad[e])), th);
+      th = k.options.theta(th);
+      M st[KS];
+#pragma unroll
+      for (int q = 0; q < K; ++q) st[q] = load_state<M, S>(t, q, e, absmax_old[q]);
+      rule(th, g, st);
+#pragma unroll
+      for (int q = 0; q < K; ++q) {
+        vals[q][j] = st[q];
+        local_max[q] = absmax_fold(local_max[q], float(st[q]));
+      }
+      T stored = Traits::store(th);
+      if constexpr (std::is_same<T, BFloat16>::value) {
+        if (t.flags & kPlanStochasticTheta)
+          stored = BFloat16{float_to_bfloat16_stochastic(th, random_bits(theta_key, uint64_t(e)))};
+      }
+      theta[e] = stored;
+      if (copy) copy[e] = StorageTraits<G>::store(float(th));
+      if (average) {
+        const M a = M(average[e]);
+        average[e] = S(a + k.average_weight * (Traits::load(stored) - a));
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      const int32_t format = t.state_format[q];
+      if (format >= int32_t(StateFormat::Q8Signed)) {
+        const float absmax = block_max(local_max[q], scratch);
+        const float inv = q8_inverse_scale(absmax);
+        const float* mid = q8_midpoints(format == int32_t(StateFormat::Q8Signed));
+        uint8_t* p = static_cast<uint8_t*>(t.states[q]);
+#pragma unroll
+        for (int j = 0; j < kPerThread; ++j) {
+          const int64_t i = tid + int64_t(j) * nthreads;
+          if (i < n) p[b + i] = q8_encode(float(vals[q][j]) * inv, mid);
+        }
+        if (tid == 0) static_cast<float*>(t.absmax[q])[b >> t.block_shift] = absmax;
+      } else if (format == int32_t(StateFormat::BFloat16)) {
+        uint16_t* p = static_cast<uint16_t*>(t.states[q]);
+        const uint64_t key = random_key(seed, step, uint64_t(t.key), random_stream_state(q));
+#pragma unroll
+        for (int j = 0; j < kPerThread; ++j) {
+          const int64_t i = tid + int64_t(j) * nthreads;
+          if (i >= n) continue;
+          const float v = float(vals[q][j]);
+          p[b + i] = sr_states ? float_to_bfloat16_stochastic(v, random_bits(key, uint64_t(b + i)))
+                               : float_to_bfloat16(v);
+        }
+      } else {
+        S* p = static_cast<S*>(t.states[q]);
+#pragma unroll
+        for (int j = 0; j < kPerThread; ++j) {
+          const int64_t i = tid + int64_t(j) * nthreads;
+          if (i < n) p[b + i] = S(vals[q][j]);
+        }
+      }
+    }
+    // Every thread has read this block's absmax before the next block's are written.
+    __syncthreads();
+  }
+}
+
+template <template <class> class Rule, class T, class G>
+__device__ void run_extras_or_low_precision(const Rule<MathOf<T>>& rule, const ElementScalars<MathOf<T>>& k,
+                                            const StepScalars& sc, const PlanTensor& t,
+                                            const PlanChunk& c, const void* grad) {
+  if (t.flags & kPlanLowPrecision) run_low_precision_chunk<Rule, T, G>(rule, k, sc, t, c, grad);
+  else run_chunk_with_extras<Rule, T, G>(rule, k, t, c, grad);
+}
+
 // block: StepScalars followed by one gradient pointer per tensor.
-// kExtras: some tensor of the plan has a fused average, a model copy or a
-// 16-bit gradient of a float32 master. Plans without any run the plain
+// kExtras: some tensor of the plan has a fused average, a model copy, a
+// 16-bit gradient of a float32 master, or low-precision state or stochastic
+// rounding (run_low_precision_chunk). Plans without any run the plain
 // instantiation, whose code and register allocation carry none of them.
 template <template <class> class Rule, bool kExtras>
 __global__ void __launch_bounds__(kBlockSize)
@@ -224,15 +371,15 @@ __global__ void __launch_bounds__(kBlockSize)
     if constexpr (kExtras) {
       const DType gt = static_cast<DType>(t.grad_dtype);
       if (dt == DType::F32 && gt == DType::F16) {
-        run_chunk_with_extras<Rule, float, Half>(rule_f, k_f, t, chunk, grad);
+        run_extras_or_low_precision<Rule, float, Half>(rule_f, k_f, scalars, t, chunk, grad);
       } else if (dt == DType::F32 && gt == DType::BF16) {
-        run_chunk_with_extras<Rule, float, BFloat16>(rule_f, k_f, t, chunk, grad);
+        run_extras_or_low_precision<Rule, float, BFloat16>(rule_f, k_f, scalars, t, chunk, grad);
       } else {
         switch (dt) {
-          case DType::F32: run_chunk_with_extras<Rule, float, float>(rule_f, k_f, t, chunk, grad); break;
-          case DType::F64: run_chunk_with_extras<Rule, double, double>(rule_d, k_d, t, chunk, grad); break;
-          case DType::F16: run_chunk_with_extras<Rule, Half, Half>(rule_f, k_f, t, chunk, grad); break;
-          case DType::BF16: run_chunk_with_extras<Rule, BFloat16, BFloat16>(rule_f, k_f, t, chunk, grad); break;
+          case DType::F32: run_extras_or_low_precision<Rule, float, float>(rule_f, k_f, scalars, t, chunk, grad); break;
+          case DType::F64: run_extras_or_low_precision<Rule, double, double>(rule_d, k_d, scalars, t, chunk, grad); break;
+          case DType::F16: run_extras_or_low_precision<Rule, Half, Half>(rule_f, k_f, scalars, t, chunk, grad); break;
+          case DType::BF16: run_extras_or_low_precision<Rule, BFloat16, BFloat16>(rule_f, k_f, scalars, t, chunk, grad); break;
         }
       }
     } else {
@@ -345,7 +492,8 @@ DevicePlan::DevicePlan(int rule, int device, bool reads_grad, const std::vector<
         "the capture begins");
   block_bytes_ = sizeof(StepScalars) + sizeof(uint64_t) * tensors.size();
   for (const PlanTensor& t : tensors)
-    extras_ = extras_ || t.average != nullptr || t.model_copy != nullptr || t.grad_dtype != t.dtype;
+    extras_ = extras_ || t.average != nullptr || t.model_copy != nullptr || t.grad_dtype != t.dtype ||
+              (t.flags & kPlanLowPrecision) != 0;
   const size_t reduce_bytes = 2 * sizeof(double) + sizeof(uint64_t) * tensors.size();
   try {
     int sms = 1;

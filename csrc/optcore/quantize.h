@@ -9,7 +9,10 @@
 // 10^-6..1 a run of linearly spaced values, so small moments keep relative
 // precision. Two variants: signed (first moments, momentum; values in [-1, 1])
 // and unsigned (second moments, accumulators; [0, 1]), whose extra bit buys
-// twice the values per decade. The values are listed in quantize_tables.h and
+// twice the values per decade. Both reach ±1 exactly, so the element that
+// sets a block's absmax is stored exactly and requantising dequantised values
+// gives the same bytes back (a state that a step leaves unchanged does not
+// drift). The values are listed in quantize_tables.h and
 // defined in tests/reference/low_precision.py; each is rounded to 16
 // significant bits so that the midpoint of two neighbours is an exact float32,
 // which makes the float32 nearest-value search below exact.
@@ -73,7 +76,9 @@ OPTCORE_HD const float* q8_midpoints(bool is_signed) {
 // a midpoint takes the lower index; NaN gives index 0.
 OPTCORE_HD uint8_t q8_encode(float y, const float* midpoints) {
   int pos = 0;
+#if defined(__CUDACC__)
 #pragma unroll
+#endif
   for (int step = 128; step > 0; step >>= 1) pos += midpoints[pos + step - 1] < y ? step : 0;
   return uint8_t(pos);
 }

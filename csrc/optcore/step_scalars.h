@@ -7,7 +7,7 @@
 
 namespace optcore {
 
-constexpr int kMaxScalars = 14;
+constexpr int kMaxScalars = 16;
 
 struct StepScalars {
   // v[0] multiplies every gradient element before the rule sees it (loss-scale
@@ -23,6 +23,10 @@ struct StepScalars {
 // around the rule in the same pass (see apply_options below):
 //   v[12] = λ, L2 weight decay: g ← g + λθ (torch's weight_decay);
 //   v[13] = ελ, decoupled weight decay: θ ← θ − ελθ (Loshchilov & Hutter 2019, AdamW).
+// v[14] and v[15] are the seed and the step number of the counter-based
+// generator (optcore/random.h) that stochastic rounding draws from, read only
+// by plans that round stochastically. Both are integers below 2^53.
+//
 // maximize is a negative v[0]. Zero (the default) leaves every value bit for bit
 // as it was for finite θ.
 enum ScalarSlot : int {
@@ -30,7 +34,9 @@ enum ScalarSlot : int {
   kFirstRuleScalar = 1,
   kAverageWeight = 11,
   kL2Decay = 12,
-  kDecoupledDecay = 13
+  kDecoupledDecay = 13,
+  kRandomSeed = 14,
+  kRandomStep = 15
 };
 
 // The option transform of one element, before the rule sees it: the gradient

@@ -46,10 +46,11 @@ class View:
     writeable: bool
     contiguous: bool
     aligned: bool
+    itemsize: int = 0  # bytes per element (also for dtypes without a code: uint8, uint16)
 
     @property
     def nbytes(self) -> int:
-        return self.numel * ITEMSIZE.get(self.dtype, 1)
+        return self.numel * (self.itemsize or ITEMSIZE.get(self.dtype, 1))
 
     @property
     def where(self) -> str:
@@ -88,6 +89,7 @@ def view_of(obj: Any, name: str) -> View:
             dtype=_numpy_dtype_code(obj.dtype), dtype_name=obj.dtype.name, shape=tuple(obj.shape),
             device="cpu", device_id=-1, framework="numpy", writeable=bool(flags.writeable),
             contiguous=bool(flags.c_contiguous), aligned=bool(flags.aligned),
+            itemsize=int(obj.dtype.itemsize),
         )
     if is_torch(obj):
         torch = _torch_module()
@@ -105,7 +107,7 @@ def view_of(obj: Any, name: str) -> View:
             device_id=int(obj.device.index or 0) if on_cuda else -1, framework="torch",
             writeable=True,
             contiguous=bool(obj.is_contiguous()),
-            aligned=ptr % max(1, obj.element_size()) == 0,
+            aligned=ptr % max(1, obj.element_size()) == 0, itemsize=int(obj.element_size()),
         )
     if is_cupy(obj):
         cai = obj.__cuda_array_interface__
@@ -115,7 +117,7 @@ def view_of(obj: Any, name: str) -> View:
             dtype_name=obj.dtype.name, shape=tuple(obj.shape), device="cuda",
             device_id=int(obj.device.id), framework="cupy", writeable=not readonly,
             contiguous=bool(obj.flags.c_contiguous),
-            aligned=int(ptr) % max(1, obj.dtype.itemsize) == 0,
+            aligned=int(ptr) % max(1, obj.dtype.itemsize) == 0, itemsize=int(obj.dtype.itemsize),
         )
     raise TypeError(f"{name}: expected a numpy array, cupy array or torch tensor, "
                     f"got {type(obj).__module__}.{type(obj).__qualname__}")

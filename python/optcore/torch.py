@@ -18,7 +18,12 @@ every option runs inside the one fused update pass). State is kept under
 torch's names and per-parameter ``step`` tensors, so state dicts move between
 torch.optim and optcore.torch both ways. ``foreach``, ``fused`` and
 ``capturable`` pick an implementation in torch and are accepted and ignored
-here; ``differentiable=True`` is refused.
+here; ``differentiable=True`` is refused. Every class also takes optcore's state
+precision options ``state_dtype`` ("float32", "bfloat16", "int8", or a dict by
+optcore state name), ``stochastic_rounding``, ``seed`` and ``block_size`` (see
+:class:`optcore.Optimizer`); an 8-bit state appears in ``state`` as its uint8
+codes under torch's name plus ``<name>_absmax`` (float32, one per block), and
+float state loaded into it (from torch.optim, say) is quantised.
 
 The book's other rules are here under their own names: :class:`Momentum` and
 :class:`Nesterov` (Algorithms 8.2-8.3), :class:`RMSPropNesterov` (8.6) and
@@ -158,7 +163,10 @@ class _Adapter(torch.optim.Optimizer):
     whenever the set of parameters with gradients or their storage changes."""
 
     #: training-loop options of the native classes (book-rule classes only)
-    _option_names = ("max_grad_norm", "average", "average_decay", "master_weights")
+    _option_names = ("max_grad_norm", "average", "average_decay", "master_weights",
+                     "state_dtype", "stochastic_rounding", "seed", "block_size")
+    #: the state-precision options, which the torch.optim-named classes take too
+    _precision_names = ("state_dtype", "stochastic_rounding", "seed", "block_size")
 
     def __init__(self, params: Any, defaults: Dict[str, Any],
                  options: Optional[Dict[str, Any]] = None):
@@ -204,7 +212,10 @@ class _Adapter(torch.optim.Optimizer):
         if group.get("differentiable"):
             raise ValueError(f"param_groups[{gi}]['differentiable']: True is not supported")
         cls, hyper = self._native(group)
-        probe = torch.zeros(1)
+        # The probe has the group's dtype: stochastic rounding is checked against it.
+        dtypes = [p.dtype for p in group["params"] if p.dtype in _FLOAT_DTYPES]
+        probe = torch.zeros(1, dtype=torch.bfloat16 if torch.bfloat16 in dtypes else
+                            (dtypes[0] if dtypes else torch.float32))
         cls([{"params": [probe], **hyper}], **self._options)
         for p in group["params"]:
             if p not in self.state or not self.state[p]:
@@ -300,13 +311,17 @@ class _Adapter(torch.optim.Optimizer):
                     for name, buf in live.items():
                         tname = torch_names.get(name, name)
                         saved = old.get(tname)
+                        absmax = native._absmax_bufs[index].get(name)
                         if isinstance(saved, torch.Tensor):
                             if saved.numel() != buf.numel():
                                 raise ValueError(f"{self._name(p)}: saved state '{tname}' has "
                                                  f"{saved.numel()} elements, expected "
                                                  f"{buf.numel()}")
-                            buf.copy_(saved.reshape(buf.shape).to(buf.dtype))
+                            _carry_state(native, k, name, buf, absmax, saved,
+                                         old.get(tname + "_absmax"), f"{self._name(p)}: '{tname}'")
                         state[tname] = buf.view(_local(p).shape)
+                        if absmax is not None:
+                            state[tname + "_absmax"] = absmax
                     state["step"] = step_tensor
                     self.state[p] = state
                     index += 1
@@ -437,7 +452,19 @@ class _Adapter(torch.optim.Optimizer):
             if group.get("differentiable"):
                 raise ValueError(f"state_dict: param_groups[{gi}]['differentiable'] is True, "
                                  "which optcore does not support")
+        ids = [i for g in state_dict.get("param_groups", []) for i in g.get("params", [])]
+        by_id = dict(zip(ids, [p for g in self.param_groups for p in g["params"]]))
         super().load_state_dict(state_dict)
+        # torch casts loaded state to the parameter's dtype; 8-bit codes (uint8) and their
+        # block maxima ("<name>_absmax", float32) keep theirs.
+        for pid, entry in state_dict.get("state", {}).items():
+            p = by_id.get(pid)
+            if p is None or p not in self.state:
+                continue
+            for k, v in entry.items():
+                if isinstance(v, torch.Tensor) and (v.dtype == torch.uint8 or
+                                                    str(k).endswith("_absmax")):
+                    self.state[p][k] = v.to(device=p.device)
         for p, entry in list(self.state.items()):
             self.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v
                              for k, v in entry.items()}
@@ -470,6 +497,44 @@ def _all_reduce_over(meshes: List[Any]) -> Callable[[float], float]:
     return reduce
 
 
+def _carry_state(native: _optim.Optimizer, gi: int, name: str, buf: torch.Tensor,
+                 absmax: Optional[torch.Tensor], saved: torch.Tensor,
+                 saved_absmax: Any, where: str) -> None:
+    """Copy a saved state tensor into a live buffer: 8-bit codes (uint8, with their
+    ``<name>_absmax``) as they are into an 8-bit state, else dequantised; float values
+    rounded into a bfloat16 state or quantised into an 8-bit one."""
+    from . import quantize as Q
+    code = _registry.state_code(native.rule_for(native.param_groups[gi]), name)
+    block = native.block_size
+    if saved.dtype == torch.uint8:
+        if not isinstance(saved_absmax, torch.Tensor) or code is None \
+                or saved_absmax.numel() != Q.block_count(saved.numel(), block):
+            raise ValueError(f"{where}: 8-bit codes need their '_absmax' tensor of "
+                             f"{Q.block_count(saved.numel(), block)} blocks of {block}")
+        if absmax is not None:
+            buf.copy_(saved.reshape(buf.shape))
+            absmax.copy_(saved_absmax.reshape(-1).to(absmax.device, torch.float32))
+            return
+        values = Q.dequantize_blockwise(saved.detach().cpu().contiguous().reshape(-1).numpy(),
+                                        saved_absmax.detach().cpu().float().contiguous().numpy(),
+                                        block, code == "signed")
+        buf.copy_(torch.from_numpy(values).reshape(buf.shape))
+        return
+    if absmax is not None:
+        codes, amax = Q.quantize_blockwise(
+            saved.detach().cpu().float().contiguous().reshape(-1).numpy(), block,
+            code == "signed")
+        buf.copy_(torch.from_numpy(codes).reshape(buf.shape))
+        absmax.copy_(torch.from_numpy(amax))
+        return
+    buf.copy_(saved.reshape(buf.shape).to(buf.dtype))
+
+
+def _precision(options: Dict[str, Any]) -> Dict[str, Any]:
+    """The state-precision keyword arguments that were given (defaults left out)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _common(group: Dict[str, Any]) -> Dict[str, Any]:
     return dict(weight_decay=_scalar(group.get("weight_decay", 0)),
                 maximize=bool(group.get("maximize", False)))
@@ -480,13 +545,16 @@ class SGD(_Adapter):
     (b ← αb + (1−d)g; θ ← θ − εb, or θ ← θ − ε(g + αb) with ``nesterov``)."""
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
-                 *, maximize=False, foreach=None, differentiable=False, fused=None):
+                 *, maximize=False, foreach=None, differentiable=False, fused=None,
+                 state_dtype=None, stochastic_rounding=None, seed=None, block_size=None):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov: Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize, foreach=foreach,
-                                      differentiable=differentiable, fused=fused))
+                                      differentiable=differentiable, fused=fused),
+                         _precision(dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
+                                         stochastic_rounding=stochastic_rounding)))
 
     def _native(self, group):
         lr = _scalar(group["lr"])
@@ -502,11 +570,14 @@ class Adam(_Adapter):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, decoupled_weight_decay=False):
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 state_dtype=None, stochastic_rounding=None, seed=None, block_size=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, foreach=foreach, maximize=maximize,
                                       capturable=capturable, differentiable=differentiable,
-                                      fused=fused, decoupled_weight_decay=decoupled_weight_decay))
+                                      fused=fused, decoupled_weight_decay=decoupled_weight_decay),
+                         _precision(dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
+                                         stochastic_rounding=stochastic_rounding)))
 
     def _native(self, group):
         b1, b2 = group["betas"]
@@ -520,11 +591,14 @@ class Adagrad(_Adapter):
     """torch.optim.Adagrad: Algorithm 8.4 with torch's lr_decay and initial accumulator."""
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
-                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None):
+                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
+                 state_dtype=None, stochastic_rounding=None, seed=None, block_size=None):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, foreach=foreach, maximize=maximize,
-                                      differentiable=differentiable, fused=fused))
+                                      differentiable=differentiable, fused=fused),
+                         _precision(dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
+                                         stochastic_rounding=stochastic_rounding)))
 
     def _native(self, group):
         return _optim.AdaGrad, dict(lr=_scalar(group["lr"]), eps=group["eps"],
@@ -544,11 +618,14 @@ class RMSprop(_Adapter):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False):
+                 differentiable=False, *, state_dtype=None, stochastic_rounding=None, seed=None,
+                 block_size=None):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered,
                                       capturable=capturable, foreach=foreach, maximize=maximize,
-                                      differentiable=differentiable))
+                                      differentiable=differentiable),
+                         _precision(dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
+                                         stochastic_rounding=stochastic_rounding)))
 
     def _native(self, group):
         return _optim.RMSProp, dict(lr=_scalar(group["lr"]), rho=group["alpha"], eps=group["eps"],
@@ -560,10 +637,13 @@ class Adadelta(_Adapter):
     """torch.optim.Adadelta (Zeiler 2012)."""
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
-                 capturable=False, maximize=False, differentiable=False):
+                 capturable=False, maximize=False, differentiable=False,
+                 state_dtype=None, stochastic_rounding=None, seed=None, block_size=None):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       foreach=foreach, capturable=capturable, maximize=maximize,
-                                      differentiable=differentiable))
+                                      differentiable=differentiable),
+                         _precision(dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
+                                         stochastic_rounding=stochastic_rounding)))
 
     def _native(self, group):
         return _optim.AdaDelta, dict(lr=_scalar(group["lr"]), rho=group["rho"], eps=group["eps"],
@@ -631,6 +711,12 @@ def _torch_variant(name: str, variant: "_registry.Variant") -> type:
     hyper-parameters, under the signature and defaults of torch's class of that name."""
     base = globals()[_registry.OPTIMIZERS[variant.base][1]]
     signature = inspect.signature(getattr(torch.optim, _registry.OPTIMIZERS[name][1]).__init__)
+    # optcore's own keyword-only options of the base adapter (state precision) follow
+    # torch's parameters, as on every adapter; what the variant fixes is not offered.
+    extra = [q for q in inspect.signature(base.__init__).parameters.values()
+             if q.kind is q.KEYWORD_ONLY and q.name not in signature.parameters
+             and q.name not in variant.fixed]
+    signature = signature.replace(parameters=[*signature.parameters.values(), *extra])
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         bound = signature.bind(self, *args, **kwargs)

@@ -31,7 +31,7 @@ def test_code_tables_match_the_definition(signed):
     np.testing.assert_array_equal(_core._q8_midpoints(signed).astype(np.float64), mids)
     # every midpoint is exact in float32, so a float32 comparison finds the nearest value
     assert np.all(mids.astype(np.float32).astype(np.float64) == mids)
-    assert code[0] == (-code[-2] if signed else 0.0) and code[-1] == 1.0
+    assert code[0] == (-1.0 if signed else 0.0) and code[-1] == 1.0
     assert np.all(np.diff(code) > 0)
 
 
@@ -95,7 +95,17 @@ def test_zero_block_and_extremes():
     codes, absmax = optcore.quantize_blockwise(x, 256)
     assert absmax.tolist() == [0.0, 1.0]
     y = optcore.dequantize_blockwise(codes, absmax, 256)
-    assert np.all(y[:256] == 0.0) and y[256] == 1.0 and abs(y[257] + 1.0) < 0.0071
+    assert np.all(y[:256] == 0.0) and y[256] == 1.0 and y[257] == -1.0
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_requantising_is_idempotent(rng, signed):
+    x = _inputs(rng, 5000, signed)
+    codes, absmax = optcore.quantize_blockwise(x, 64, signed)
+    y = optcore.dequantize_blockwise(codes, absmax, 64, signed)
+    codes2, absmax2 = optcore.quantize_blockwise(y, 64, signed)
+    np.testing.assert_array_equal(codes2, codes)
+    np.testing.assert_array_equal(absmax2, absmax)
 
 
 @pytest.mark.parametrize("bad", [0, 3, 4096 * 2, -4, 2.0, True])

@@ -6,9 +6,9 @@ from the kernels:
 
 * the dynamic 8-bit codes: 256 sorted values in [-1, 1] (signed, for first
   moments) or [0, 1] (unsigned, for second moments and accumulators). Decade
-  d = 0..6 covers [0.1, 1]·10^(d-6) with 2^d (signed) or 2^(d+1) (unsigned)
-  linearly spaced values (the midpoints of that many equal intervals); add 0
-  and 1 (and the negatives of the decade values for the signed code). Every
+  d covers [0.1, 1]·10^(d-6) with 2^d (signed) or 2^(d+1) (unsigned)
+  linearly spaced values (the midpoints of that many equal intervals), plus
+  0 and 1 (and -1); see :func:`dynamic_code` for the exact list. Every
   value is rounded to 16 significant bits, which makes the midpoint of any
   two neighbours an exact float32, so "nearest" is exact in float32;
 * block-wise quantisation: blocks of B elements, absmax = max |x| over the
@@ -32,17 +32,26 @@ def _round_significant(x: np.ndarray, bits: int = 16) -> np.ndarray:
     return np.ldexp(np.round(mantissa * 2.0 ** bits) / 2.0 ** bits, exponent)
 
 
+def _decade(d: int, count: int) -> np.ndarray:
+    edges = np.linspace(0.1, 1.0, count + 1)
+    return 10.0 ** (d - 6) * (edges[:-1] + edges[1:]) / 2.0
+
+
 def dynamic_code(signed: bool) -> np.ndarray:
-    """The 256 code values, ascending (float64, each exactly a float32)."""
-    decades = []
-    for d in range(7):
-        count = 2 ** d if signed else 2 ** (d + 1)
-        edges = np.linspace(0.1, 1.0, count + 1)
-        decades.append(10.0 ** (d - 6) * (edges[:-1] + edges[1:]) / 2.0)
-    magnitudes = _round_significant(np.concatenate(decades))
-    values = [np.zeros(1), np.ones(1), magnitudes]
+    """The 256 code values, ascending (float64, each exactly a float32).
+
+    Unsigned: 0, 1 and decades d = 0..6 of 2^(d+1) values. Signed: 0, ±1, ± decades
+    d = 1..6 of 2^d values, and the one value of decade 0 on the positive side only
+    (a code with 0 has an odd number of symmetric values). ±1 both exist, so the
+    element that sets a block's absmax is stored exactly whatever its sign, and
+    requantising dequantised values gives the same bytes back."""
     if signed:
-        values.append(-magnitudes)
+        mags = _round_significant(np.concatenate([_decade(d, 2 ** d) for d in range(1, 7)]))
+        tiny = _round_significant(_decade(0, 1))
+        values = [np.zeros(1), np.ones(1), -np.ones(1), mags, -mags, tiny]
+    else:
+        mags = _round_significant(np.concatenate([_decade(d, 2 ** (d + 1)) for d in range(7)]))
+        values = [np.zeros(1), np.ones(1), mags]
     code = np.sort(np.concatenate(values))
     assert code.size == 256 and np.unique(code).size == 256
     return code
@@ -149,9 +158,11 @@ class QuantizedRule:
             return bfloat16_to_float(s)
         return dequantize_blockwise(s[0], s[1], self.block, fmt == "q8s")
 
-    def step(self, theta: np.ndarray, g: np.ndarray) -> np.ndarray:
+    def step(self, theta: np.ndarray, g: np.ndarray, rule: Callable = None) -> np.ndarray:
+        """One step; ``rule`` replaces the constructor's (Adam's depends on the step)."""
         states = [self.value(n) for n in self.names]
-        theta, states = self.rule(np.asarray(theta, F32), np.asarray(g, F32), states)
+        rule = rule or self.rule
+        theta, states = rule(np.asarray(theta, F32), np.asarray(g, F32), states)
         for n, s in zip(self.names, states):
             self.stored[n] = self._store(n, np.asarray(s, F32))
         return theta

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import _arrays as A
 from .. import _core, _plans
+from .. import quantize as Q
 from .._threads import serialised
 from ..schedules import evaluate as evaluate_schedule
 from . import registry
@@ -22,6 +23,23 @@ Params = Any  # an array, a list of arrays, or a list of param-group dicts
 # Slots of the scalar block, from csrc/optcore/step_scalars.h (ScalarSlot)
 _SCALAR_SLOTS, _AVERAGE_WEIGHT = _core.MAX_SCALARS, _core.AVERAGE_WEIGHT_SLOT
 _L2_DECAY, _DECOUPLED_DECAY = _core.L2_DECAY_SLOT, _core.DECOUPLED_DECAY_SLOT
+_RANDOM_SEED, _RANDOM_STEP = _core.RANDOM_SEED_SLOT, _core.RANDOM_STEP_SLOT
+
+#: state_dtype values (README, "Low-precision state")
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+# csrc/optcore/quantize.h StateFormat codes
+_FORMAT_CODES = {"float32": 0, "bfloat16": 1, ("int8", "signed"): 2, ("int8", "unsigned"): 3}
+_MAX_SEED = 2 ** 53
+
+
+def _bf16_storage(v: A.View) -> str:
+    """The buffer dtype of a bfloat16 state: torch's bfloat16, else its raw bits (uint16)."""
+    return "bfloat16" if v.framework == "torch" else "uint16"
+
+
+def _bf16_bits(values: Any) -> np.ndarray:
+    """float32 values -> bfloat16 bits, round to nearest even (csrc/optcore/dtypes.h)."""
+    return _core._float_to_storage(np.ascontiguousarray(values, dtype=np.float32).reshape(-1), 3)
 
 
 class _GroupPlan:
@@ -29,7 +47,8 @@ class _GroupPlan:
 
     def __init__(self, rule: str, views: Sequence[A.View], states: Sequence[Sequence[Any]],
                  device: Tuple[str, int], masters: Optional[Sequence[Any]] = None,
-                 averages: Optional[Sequence[Any]] = None):
+                 averages: Optional[Sequence[Any]] = None,
+                 low_precision: Optional[Dict[str, Any]] = None):
         masters = list(masters) if masters is not None else [None] * len(views)
         # With a float32 master the kernel updates the master and rewrites the 16-bit parameter.
         thetas = [A.view_of(m, "master").ptr if m is not None else v.ptr
@@ -43,6 +62,8 @@ class _GroupPlan:
                        averages=None if averages is None else
                        [A.view_of(a, "average").ptr for a in averages],
                        model_copies=copies if any(copies) else None)
+        if low_precision is not None:
+            options.update(low_precision)
         self.device = device
         self.plan = _plans.Plan(registry.kernel_rule(rule).id, thetas, numels, dtypes, state_ptrs, device,
                                 views[0] if views else None, **options)
@@ -88,6 +109,25 @@ class Optimizer:
         decay g ← g + λθ (λ = ``weight_decay``), or with
         ``decoupled_weight_decay=True`` θ ← θ − ελθ before the rule (Loshchilov &
         Hutter 2019; AdamW); ``maximize`` ascends (g ← −g first, as torch.optim).
+    state_dtype
+        How the optimizer state is stored (the math stays float32, float64 for
+        float64 parameters): ``"float32"`` (the default; float64 for float64
+        parameters), ``"bfloat16"``, or ``"int8"``: 8-bit block-wise quantisation
+        with the dynamic code (Dettmers et al. 2022; ``optcore.quantize_blockwise``),
+        one byte per element plus one float32 absmax per ``block_size`` elements.
+        One value for every state, or a dict ``{state name: dtype}`` (the names of
+        ``state_names``; states not named stay float32). States are decoded, updated
+        and re-encoded inside the one update pass.
+    stochastic_rounding
+        Round bfloat16 state, and bfloat16 parameters without ``master_weights``,
+        stochastically (unbiased: updates below half an ulp still move them on
+        average) instead of to nearest. The random bits are a function of
+        (``seed``, step, parameter, element) only: the same bytes for any thread
+        count or chunking, and a run resumed from a state dict continues bit for bit.
+    seed
+        Seed of the stochastic rounding (an integer below 2**53).
+    block_size
+        Elements per absmax block of ``"int8"`` state: a power of two up to 2048.
 
     Notes
     -----
@@ -109,7 +149,8 @@ class Optimizer:
                  max_grad_norm: Optional[float] = None, average: Optional[str] = None,
                  average_decay: float = 0.999, master_weights: bool = False,
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
-                 maximize: bool = False):
+                 maximize: bool = False, state_dtype: Any = None,
+                 stochastic_rounding: bool = False, seed: int = 0, block_size: int = 256):
         if max_grad_norm is not None:
             max_grad_norm = A.require_range(max_grad_norm, "max_grad_norm", lo=0.0, lo_open=True)
         if average not in (None, "uniform", "ema"):
@@ -118,6 +159,14 @@ class Optimizer:
                                         hi_open=True)
         if not isinstance(master_weights, bool):
             raise TypeError(f"master_weights: expected a bool, got {master_weights!r}")
+        if not isinstance(stochastic_rounding, bool):
+            raise TypeError(f"stochastic_rounding: expected a bool, got {stochastic_rounding!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+                or not 0 <= int(seed) < _MAX_SEED:
+            raise ValueError(f"seed: expected an integer from 0 to 2**53 - 1, got {seed!r}")
+        self.block_size = Q.check_block_size(block_size)
+        self.stochastic_rounding = stochastic_rounding
+        self.seed = int(seed)
         self.max_grad_norm = max_grad_norm
         self.average = average
         self.average_decay = average_decay
@@ -162,20 +211,48 @@ class Optimizer:
         # The state streams each group's rule keeps, fixed from here on.
         self._group_states = [registry.state_names(self.rule_for(g)) for g in self.param_groups]
 
-        # State: one flat buffer per (parameter, state name), float32 for 16-bit params.
+        self._state_formats = self._resolve_state_dtype(state_dtype)
+        self.state_dtype = state_dtype
+        if stochastic_rounding:
+            bf16_params = master_weights is False and any(v.dtype == 3 for v in self._views)
+            bf16_state = any("bfloat16" in f.values() for f in self._state_formats)
+            if not (bf16_params or bf16_state):
+                raise ValueError("stochastic_rounding: rounds bfloat16 parameters (without "
+                                 "master_weights) and bfloat16 state, but these parameters are "
+                                 f"{sorted({v.dtype_name for v in self._views})} and no state is "
+                                 "bfloat16 (pass state_dtype='bfloat16')")
+        self._group_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
+
+        # State: one flat buffer per (parameter, state name), float32 for 16-bit params
+        # unless state_dtype says bfloat16 (bits) or int8 (codes, plus one absmax per block).
         self._state_bufs: List[Dict[str, Any]] = []
+        self._absmax_bufs: List[Dict[str, Any]] = []
         index = 0
         for gi, group in enumerate(self.param_groups):
             for _ in group["params"]:
                 v = self._views[index]
-                bufs = {}
+                bufs, absmax = {}, {}
                 for name in self._group_states[gi]:
-                    buf = A.empty_like_state(v, A.STATE_DTYPE[v.dtype], v.numel)
                     init = self.initial_state(name, group)
-                    if init != 0.0:
-                        buf[...] = init
+                    fmt = self._state_formats[gi][name]
+                    if fmt == "float32":
+                        buf = A.empty_like_state(v, A.STATE_DTYPE[v.dtype], v.numel)
+                        if init != 0.0:
+                            buf[...] = init
+                    elif fmt == "bfloat16":
+                        buf = A.empty_like_state(v, _bf16_storage(v), v.numel)
+                        if init != 0.0:
+                            buf[...] = init if A.is_torch(buf) else int(_bf16_bits([init])[0])
+                    else:
+                        buf = A.empty_like_state(v, "uint8", v.numel)
+                        absmax[name] = A.empty_like_state(
+                            v, "float32", Q.block_count(v.numel, self.block_size))
+                        if init != 0.0:  # every element ±|init|: the code's ±1 (bytes 255 / 0)
+                            buf[...] = 255 if init > 0 else 0
+                            absmax[name][...] = abs(init)
                     bufs[name] = buf
                 self._state_bufs.append(bufs)
+                self._absmax_bufs.append(absmax)
                 index += 1
         # float32 masters of 16-bit parameters, and the fused averages (of the master if any).
         self._masters: List[Optional[Any]] = [None] * len(self._flat)
@@ -197,6 +274,57 @@ class Optimizer:
         self._offsets = np.cumsum([0] + [len(g["params"]) for g in self.param_groups])
         self._plans: Dict[Tuple[int, int], _GroupPlan] = {}
         self._build_checks()
+
+    def _resolve_state_dtype(self, state_dtype: Any) -> List[Dict[str, str]]:
+        """Per group: state name -> "float32" | "bfloat16" | "int8"; checks everything."""
+        names = sorted({n for states in self._group_states for n in states})
+        cls = type(self).__name__
+        if state_dtype is None:
+            state_dtype = "float32"
+        if isinstance(state_dtype, str):
+            per = {n: state_dtype for n in names}
+            where = {n: "state_dtype" for n in names}
+        elif isinstance(state_dtype, dict):
+            for key in state_dtype:
+                if key not in names:
+                    raise ValueError(f"state_dtype: {key!r} is not a state of {cls} "
+                                     f"(its states: {', '.join(names) or 'none'})")
+            per = {n: state_dtype.get(n, "float32") for n in names}
+            where = {n: f"state_dtype[{n!r}]" for n in names}
+        else:
+            raise TypeError(f"state_dtype: expected one of {STATE_DTYPES} or a dict "
+                            f"{{state name: dtype}}, got {state_dtype!r}")
+        for n in names:
+            if per[n] not in STATE_DTYPES:
+                raise ValueError(f"{where[n]}: expected one of {STATE_DTYPES}, got {per[n]!r}")
+        out = []
+        for gi, states in enumerate(self._group_states):
+            rule = self.rule_for(self.param_groups[gi])
+            for n in states:
+                if per[n] == "int8" and registry.state_code(rule, n) is None:
+                    raise ValueError(f"{where[n]}: 'int8' is not supported for {cls}'s state "
+                                     f"{n!r} (its values are not quantised relative to a block "
+                                     "maximum); use 'float32' or 'bfloat16' for it")
+            out.append({n: per[n] for n in states})
+        return out
+
+    def _format_code(self, gi: int, name: str) -> int:
+        fmt = self._state_formats[gi].get(name, "float32")
+        if fmt == "int8":
+            return _FORMAT_CODES[("int8", registry.state_code(self.rule_for(self.param_groups[gi]),
+                                                               name))]
+        return _FORMAT_CODES[fmt]
+
+    def _low_precision_options(self, gi: int, names: Sequence[str]) -> Optional[Dict[str, Any]]:
+        """The plan arguments of low-precision state and stochastic rounding, or None."""
+        codes = [self._format_code(gi, n) for n in names]
+        if not any(codes) and not self.stochastic_rounding:
+            return None
+        lo, hi = self._offsets[gi], self._offsets[gi + 1]
+        absmax = [[A.view_of(self._absmax_bufs[i][n], "absmax").ptr
+                   if n in self._absmax_bufs[i] else 0 for i in range(lo, hi)] for n in names]
+        return dict(state_formats=codes, absmax=absmax, block_size=self.block_size,
+                    stochastic=self.stochastic_rounding, keys=list(range(lo, hi)))
 
     # ------------------------------------------------------------------ subclass hooks
     def rule_for(self, group: Dict[str, Any]) -> str:
@@ -340,7 +468,8 @@ class Optimizer:
         for gi, scalars in enumerate(group_scalars):
             group = self.param_groups[gi]
             call(gi, self._plan(gi, self.rule_for(group), self._group_states[gi], main=True),
-                 self._finish_scalars(scalars, multiplier, average_weight, group))
+                 self._finish_scalars(scalars, multiplier, average_weight, group,
+                                      step=self._steps[gi] + 1, seed=self.seed))
 
     def _advance(self) -> None:
         for gi in range(len(self._steps)):
@@ -406,10 +535,13 @@ class Optimizer:
 
     @staticmethod
     def _finish_scalars(scalars: List[float], multiplier: float, average_weight: float,
-                        group: Dict[str, Any]) -> List[float]:
+                        group: Dict[str, Any], step: int = 0, seed: int = 0) -> List[float]:
         """The full scalar block (csrc/optcore/step_scalars.h): the rule's, then the slots of
-        the gradient multiplier, the average weight and the options."""
+        the gradient multiplier, the average weight, the options and the random key
+        (seed, step) of stochastic rounding."""
         out = list(scalars) + [0.0] * (_SCALAR_SLOTS - len(scalars))
+        out[_RANDOM_SEED] = float(seed)
+        out[_RANDOM_STEP] = float(step)
         out[0] = -multiplier if group["maximize"] else multiplier
         out[_AVERAGE_WEIGHT] = average_weight
         decay = float(group["weight_decay"])
@@ -439,9 +571,21 @@ class Optimizer:
         state = {}
         for i, bufs in enumerate(self._state_bufs):
             shape = self._views[i].shape
-            state[i] = {k: A.to_numpy(b).reshape(shape) for k, b in self._extended_state(i).items()}
+            formats = self._state_formats[self._group_of[i]]
+            entry = {}
+            for k, b in self._extended_state(i).items():
+                fmt = formats.get(k, "float32")
+                host = A.to_numpy(b)
+                if fmt == "bfloat16" and host.dtype == np.uint16:  # bits -> their exact values
+                    host = _core._storage_to_float(host, 3)
+                entry[k] = host.reshape(shape)
+                if fmt == "int8":
+                    entry[k + ".absmax"] = A.to_numpy(self._absmax_bufs[i][k])
+            state[i] = entry
         return {"optimizer": type(self).__name__, "state": state, "param_groups": groups,
-                "skipped_steps": self.skipped_steps, "averaged_steps": self._averaged_steps}
+                "skipped_steps": self.skipped_steps, "averaged_steps": self._averaged_steps,
+                "state_precision": {"block_size": self.block_size,
+                                    "state_dtype": [dict(f) for f in self._state_formats]}}
 
     def _extended_state(self, i: int) -> Dict[str, Any]:
         """State buffers of parameter i, with its master and average when present."""
@@ -483,13 +627,28 @@ class Optimizer:
                                  f"non-negative integer, got {step!r}")
             new_groups.append((merged, int(step)))
         state = state_dict["state"]
+        precision = state_dict.get("state_precision") or {}
+        saved_block = precision.get("block_size", self.block_size)
+        saved_formats = precision.get("state_dtype")
+        if saved_formats is not None and len(saved_formats) != len(self.param_groups):
+            raise ValueError("state_dict: 'state_precision' has one entry per param group")
         arrays = []
         for i in range(len(self._state_bufs)):
             bufs = self._extended_state(i)
             saved = state.get(i, state.get(str(i)))
-            if saved is None or set(saved) != set(bufs):
-                raise ValueError(f"state_dict: state[{i}] must hold {sorted(bufs)}")
+            gi = self._group_of[i]
+            quantised = {n for n in self._state_bufs[i] if saved is not None and
+                         n + ".absmax" in saved}
+            if saved is None or set(saved) != set(bufs) | {n + ".absmax" for n in quantised}:
+                raise ValueError(f"state_dict: state[{i}] must hold {sorted(bufs)} (and "
+                                 "'<name>.absmax' beside each 8-bit state)")
             for name, buf in bufs.items():
+                if name in self._state_bufs[i]:
+                    was = (saved_formats[gi].get(name, "float32") if saved_formats is not None
+                           else "float32")
+                    arrays += self._loaded_state(i, gi, name, saved, name in quantised,
+                                                 was, saved_block)
+                    continue
                 host = np.asarray(saved[name])
                 want = A.STATE_DTYPE[self._views[i].dtype]
                 if host.size != self._views[i].numel or host.dtype != np.dtype(want):
@@ -510,6 +669,53 @@ class Optimizer:
             self._steps[gi] = step
         self.skipped_steps = counters["skipped_steps"]
         self._averaged_steps = counters["averaged_steps"]
+
+    def _loaded_state(self, i: int, gi: int, name: str, saved: Dict[str, Any], quantised: bool,
+                      saved_format: str, saved_block: Any) -> List[Tuple[Any, np.ndarray]]:
+        """(buffer, host array) pairs that load state ``name`` of parameter ``i`` from its saved
+        form: the same form is copied exactly; float values are rounded (bfloat16) or
+        quantised (int8); 8-bit codes are dequantised first when this optimizer stores the
+        state otherwise (or with another block size)."""
+        numel, where = self._views[i].numel, f"state_dict: state[{i}]['{name}']"
+        fmt = self._state_formats[gi][name]
+        code = registry.state_code(self.rule_for(self.param_groups[gi]), name)
+        host = np.asarray(saved[name])
+        if host.size != numel:
+            raise ValueError(f"{where} must have {numel} elements, got {host.size}")
+        if quantised:
+            block = Q.check_block_size(saved_block, "state_dict['state_precision']['block_size']")
+            absmax = np.ascontiguousarray(saved[name + ".absmax"])
+            if host.dtype != np.uint8 or absmax.dtype != np.float32 \
+                    or absmax.size != Q.block_count(numel, block):
+                raise ValueError(f"{where}: 8-bit state needs uint8 codes and "
+                                 f"{Q.block_count(numel, block)} float32 absmax values, got "
+                                 f"{host.dtype} and {absmax.dtype} x {absmax.size}")
+            if code is None:
+                raise ValueError(f"{where}: saved as 8-bit codes, but {type(self).__name__}'s "
+                                 f"state {name!r} has no 8-bit code")
+            codes = np.ascontiguousarray(host).reshape(-1)
+            if fmt == "int8" and block == self.block_size:
+                return [(self._state_bufs[i][name], codes),
+                        (self._absmax_bufs[i][name], absmax.reshape(-1))]
+            values = Q.dequantize_blockwise(codes, absmax.reshape(-1), block, code == "signed")
+        else:
+            want = A.STATE_DTYPE[self._views[i].dtype]
+            allowed = {np.dtype(want)} | ({np.dtype(np.float32)} if saved_format != "float32"
+                                          or fmt != "float32" else set())
+            if host.dtype not in allowed:
+                raise ValueError(f"{where} must be {want} with {numel} elements, got "
+                                 f"{host.dtype} with {host.size}")
+            values = host.reshape(-1)
+        buf = self._state_bufs[i][name]
+        if fmt == "float32":
+            return [(buf, values.astype(A.STATE_DTYPE[self._views[i].dtype]))]
+        if fmt == "bfloat16":
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            # torch's float32 -> bfloat16 copy rounds to nearest even, as _bf16_bits does
+            return [(buf, values if A.is_torch(buf) else _bf16_bits(values))]
+        codes, absmax = Q.quantize_blockwise(np.ascontiguousarray(values, dtype=np.float32),
+                                             self.block_size, code == "signed")
+        return [(buf, codes), (self._absmax_bufs[i][name], absmax)]
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -550,7 +756,8 @@ class Optimizer:
             states = [[self._buffer(i, n) for i in range(lo, hi)] for n in names]
             averages = self._averages[lo:hi] if (main and self._averages is not None) else None
             plan = _GroupPlan(rule, self._views[lo:hi], states, self._device,
-                              masters=self._masters[lo:hi], averages=averages)
+                              masters=self._masters[lo:hi], averages=averages,
+                              low_precision=self._low_precision_options(gi, names))
             self._plans[key] = plan
         return plan
 
@@ -663,7 +870,8 @@ class Optimizer:
         average_weight = self._next_average_weight()
         for gi in range(len(self.param_groups)):
             apply = self._finish_scalars(scalars[gi][1], multiplier, average_weight,
-                                         self.param_groups[gi])
+                                         self.param_groups[gi], step=self._steps[gi] + 1,
+                                         seed=self.seed)
             self._plan(gi, apply_rule, apply_names, main=True).run(self._slice(grad_ptrs, gi), apply)
             self._steps[gi] += 1
         self._count_average()
@@ -676,6 +884,7 @@ class Optimizer:
     def _written_views(self):
         yield from self._views
         extra = [b for s in self._state_bufs for b in s.values()]
+        extra += [b for s in self._absmax_bufs for b in s.values()]
         extra += [m for m in self._masters if m is not None]
         extra += list(self._averages or []) + list(self._scratch or [])
         for b in extra:

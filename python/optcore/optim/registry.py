@@ -27,8 +27,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import _core
 
-__all__ = ["KernelRule", "KERNEL_RULES", "STATES", "OPTIMIZERS", "Variant", "VARIANTS",
-           "kernel_rule", "pack", "state_names", "torch_state_names"]
+__all__ = ["KernelRule", "KERNEL_RULES", "STATES", "STATE_CODES", "OPTIMIZERS", "Variant",
+           "VARIANTS", "kernel_rule", "pack", "state_names", "torch_state_names", "state_code"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,29 @@ STATES: Dict[str, Tuple[Tuple[str, Optional[str]], ...]] = {
     "AdamAmsgradRule": (("s", "exp_avg"), ("r", "exp_avg_sq"), ("r_max", "max_exp_avg_sq")),
     "AdaDeltaRule": (("r", "square_avg"), ("u", "acc_delta")),
     "DeltaBarDeltaRule": (("eta", None), ("dbar", None)),
+}
+
+#: kernel rule -> the 8-bit code of each state (``state_dtype="int8"``, csrc/optcore/quantize.h),
+#: kernel order: "signed" for states of either sign, "unsigned" for non-negative ones
+#: (squared-gradient averages and sums), None where 8 bits relative to a block maximum do not
+#: fit the state (DeltaBarDelta's per-element learning rate η)
+STATE_CODES: Dict[str, Tuple[Optional[str], ...]] = {
+    "SgdRule": (),
+    "MomentumRule": ("signed",),
+    "MomentumTorchRule": ("signed",),
+    "NesterovRule": ("signed",),
+    "NesterovTorchRule": ("signed",),
+    "AdaGradRule": ("unsigned",),
+    "RmsPropRule": ("unsigned",),
+    "RmsPropTorchRule": ("unsigned",),
+    "RmsPropCenteredRule": ("unsigned", "signed"),
+    "RmsPropMomentumRule": ("unsigned", "signed"),
+    "RmsPropCenteredMomentumRule": ("unsigned", "signed", "signed"),
+    "RmsPropNesterovRule": ("unsigned", "signed"),
+    "AdamRule": ("signed", "unsigned"),
+    "AdamAmsgradRule": ("signed", "unsigned", "unsigned"),
+    "AdaDeltaRule": ("unsigned", "unsigned"),
+    "DeltaBarDeltaRule": (None, "signed"),
 }
 
 #: optcore class -> (kernel rules it may run, torch.optim class with the same update or None)
@@ -129,7 +152,16 @@ def torch_state_names(rule: str) -> Dict[str, str]:
     return {n: t for n, t in STATES[rule] if t is not None}
 
 
+def state_code(rule: str, name: str) -> Optional[str]:
+    """The 8-bit code ("signed"/"unsigned") of state ``name`` of ``rule``, None if it has none."""
+    return dict(zip(state_names(rule), STATE_CODES[rule])).get(name)
+
+
 def _check_table() -> None:
+    for name in STATES:
+        codes = STATE_CODES.get(name)
+        if codes is None or len(codes) != len(STATES[name]):
+            raise ImportError(f"optcore registry: STATE_CODES[{name!r}] needs one code per state")
     for name, states in STATES.items():
         rule = kernel_rule(name)
         if len(states) != rule.states:
