@@ -53,7 +53,11 @@ def test_signature_is_torch_optims(name):
         pytest.skip(f"optcore.torch.{name} is not implemented")
     mine = inspect.signature(getattr(ot, name).__init__).parameters
     theirs = inspect.signature(getattr(torch.optim, name).__init__).parameters
-    assert list(mine) == list(theirs)
+    # torch's parameters in torch's order, then optcore's state-precision keywords (not LBFGS)
+    extras = ("state_dtype", "stochastic_rounding", "seed", "block_size") if name != "LBFGS" else ()
+    assert list(mine) == list(theirs) + list(extras)
+    for key in extras:
+        assert (mine[key].kind, mine[key].default) == (inspect.Parameter.KEYWORD_ONLY, None), key
     for key, p in theirs.items():
         assert (mine[key].kind, mine[key].default) == (p.kind, p.default), key
 
