@@ -57,3 +57,14 @@ def test_cli_errors(tmp_path, capsys):
     if not optcore.backend()["cuda"].get("usable", False):
         assert main(["demo", "--device", "cuda", "--epochs", "1", "--out", str(tmp_path)]) == 2
         assert "cuda" in capsys.readouterr().err.lower()
+
+
+def test_cli_state_dtypes(tmp_path, capsys):
+    rc = main(["demo", "--optimizers", "adam,sgd,deltabardelta", "--epochs", "1", "--hidden", "8",
+               "--limit", "120", "--out", str(tmp_path / "o"), "--no-progress",
+               "--state-dtype", "float32", "int8", "bfloat16"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for name in ("Adam[float32]", "Adam[int8]", "Adam[bfloat16]", "DeltaBarDelta[int8]"):
+        assert name in out
+    assert out.count("SGD") == 1  # no state: one run

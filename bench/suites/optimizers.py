@@ -25,6 +25,13 @@ more data (torch's foreach temporaries, NumPy's scratch passes) shows it as a
 lower GB/s. ``probe_pct`` = probe time / implementation time × 100, with the
 probe streaming the same arrays with the same pattern (reads θ, g, states;
 writes θ, states) just before the implementation is timed.
+
+Rows ``optcore_bfloat16`` and ``optcore_int8`` run the same rule with
+``state_dtype=`` (8-bit: one byte per element and a float32 absmax per 256);
+their GB/s is computed from their own minimum bytes (12 B for θ and g plus
+each state read and written), their note prints bytes per element and state
+bytes per parameter, and ``x_f32`` is optcore's float32 time over theirs. They
+have no probe_pct yet: the probe streams float32/float64 arrays of one size.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ import numpy as np
 DESCRIPTION = "nine optimizers, float32: time/step, GB/s, % of probe, vs torch.optim and NumPy"
 
 COLUMNS = ("case", "rule", "impl", "median_ms", "p20_ms", "p80_ms", "gbps", "probe_pct",
-           "x_fused", "x_foreach", "x_numpy", "note")
+           "x_fused", "x_foreach", "x_numpy", "x_f32", "note")
 
 # name: (optcore kwargs, state names, numpy initial state values)
 RULES: Dict[str, Tuple[Dict[str, Any], Tuple[str, ...]]] = {
@@ -54,6 +61,23 @@ RULES: Dict[str, Tuple[Dict[str, Any], Tuple[str, ...]]] = {
 
 def bytes_per_element(rule: str, itemsize: int = 4) -> int:
     return itemsize * (2 + 2 * len(RULES[rule][1]))
+
+
+#: low-precision state rows (optcore's state_dtype=), after each float32 optcore row
+STATE_DTYPES = ("bfloat16", "int8")
+BLOCK_SIZE = 256
+
+
+def state_bytes_per_param(rule: str, state_dtype: str, block: int = BLOCK_SIZE) -> float:
+    """Bytes of optimizer state kept per parameter element."""
+    per = {"float32": 4.0, "bfloat16": 2.0, "int8": 1.0 + 4.0 / block}[state_dtype]
+    return per * len(RULES[rule][1])
+
+
+def low_precision_bytes_per_element(rule: str, state_dtype: str, block: int = BLOCK_SIZE) -> float:
+    """Minimum bytes a float32-parameter step moves with ``state_dtype`` state: θ read and
+    written, g read (12 B), and every state (with its absmax per block) read and written."""
+    return 12.0 + 2.0 * state_bytes_per_param(rule, state_dtype, block)
 
 
 # torch.optim counterparts: (class name, kwargs, note). RMSPropNesterov has no
@@ -331,6 +355,26 @@ def run(ctx: Any, rules: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]
                 del fn, opt, params, tgrads
                 _free(total)
 
+            for sd in STATE_DTYPES if n_states else ():
+                if sd == "int8" and rule == "DeltaBarDelta":
+                    continue  # its per-element learning rate has no 8-bit code
+                import optcore
+                params = arrays.copy(theta0)
+                lp = getattr(optcore, rule)(params, state_dtype=sd, block_size=BLOCK_SIZE,
+                                            **RULES[rule][0])
+                lp_step = lp.step
+                t = ctx.measure(lambda: lp_step(grads), sync=sync, **mt)
+                times[f"optcore_{sd}"] = t.median_s
+                bpe = low_precision_bytes_per_element(rule, sd)
+                case_rows[f"optcore_{sd}"] = ctx.row(
+                    "optimizers", label, f"optcore_{sd}", t, bpe * total, rule=rule,
+                    note=f"state_dtype={sd}: {bpe:.2f} B/elem, state "
+                         f"{state_bytes_per_param(rule, sd):.2f} B/param "
+                         f"(float32: {bytes_per_element(rule)} B/elem, "
+                         f"{state_bytes_per_param(rule, 'float32'):.0f} B/param)")
+                del lp, lp_step, params
+                _free(total)
+
             if ctx.device == "cpu":
                 params = arrays.copy(theta0)
                 nopt = NumpyOptimizer(rule, params, **RULES[rule][0])
@@ -338,11 +382,14 @@ def run(ctx: Any, rules: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]
                 del nopt, params
                 _free(total)
 
-            oc = times.get("optcore")
-            if oc:
-                for impl, col in (("torch_fused", "x_fused"), ("torch_foreach", "x_foreach"), ("numpy", "x_numpy")):
-                    if impl in times:
-                        case_rows["optcore"][col] = times[impl] / oc
+            for own in ["optcore"] + [f"optcore_{sd}" for sd in STATE_DTYPES]:
+                oc = times.get(own)
+                if not oc:
+                    continue
+                for impl, col in (("torch_fused", "x_fused"), ("torch_foreach", "x_foreach"),
+                                  ("numpy", "x_numpy"), ("optcore", "x_f32")):
+                    if impl in times and impl != own:
+                        case_rows[own][col] = times[impl] / oc
             rows.extend(case_rows.values())
         del theta0, grads
         _free(total)

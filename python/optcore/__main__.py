@@ -37,6 +37,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                       help="cpu (numpy) or cuda (cupy; needs a GPU and the CUDA build)")
     demo.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
     demo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    demo.add_argument("--state-dtype", nargs="+", default=["float32"],
+                      choices=("float32", "bfloat16", "int8"),
+                      help="optimizer state precision(s): each optimizer with state runs once per "
+                           "value, from the same initialisation (default float32)")
     sub.add_parser("backend", help="print what this optcore build can use")
     info = sub.add_parser(
         "info", help="print the build and environment (paste it into a bug report)",
@@ -73,7 +77,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         results = run_demo(optimizers, epochs=args.epochs, batch_size=args.batch_size,
                            hidden=args.hidden, seed=args.seed, device=args.device,
-                           limit=args.limit, show_progress=not args.no_progress)
+                           limit=args.limit, show_progress=not args.no_progress,
+                           state_dtypes=args.state_dtype)
         paths = write_outputs(results, args.out)
     except (RuntimeError, ValueError) as exc:
         print(f"optcore demo: error: {exc}", file=sys.stderr)

@@ -148,12 +148,15 @@ def _to_host(a: Any) -> np.ndarray:
 def run_demo(optimizers: Sequence[str] = tuple(OPTIMIZERS), *, epochs: int = 15,
              batch_size: int = 64, hidden: int = 128, seed: int = 0, device: str = "cpu",
              limit: Optional[int] = None, progress: Optional[TextIO] = None,
-             show_progress: bool = True) -> List[Result]:
+             show_progress: bool = True,
+             state_dtypes: Sequence[str] = ("float32",)) -> List[Result]:
     """Train one network per optimizer from identical initial parameters.
 
     Every run uses the same initial parameters, the same minibatch order
     (a generator re-seeded per run) and the same number of steps; full-batch
-    optimizers (DeltaBarDelta) take as many full-batch steps.
+    optimizers (DeltaBarDelta) take as many full-batch steps. Each optimizer
+    with state runs once per entry of ``state_dtypes`` (its ``state_dtype=``;
+    DeltaBarDelta keeps η in float32 under "int8"), named e.g. ``Adam[int8]``.
     """
     import optcore
 
@@ -176,12 +179,27 @@ def run_demo(optimizers: Sequence[str] = tuple(OPTIMIZERS), *, epochs: int = 15,
     xtr_d, ytr_d, xte_d, yte_d = (xp.asarray(a) for a in (xtr, ytr, xte, yte))
     loss = nn.SoftmaxCrossEntropy()
     steps_per_epoch = math.ceil(xtr.shape[0] / batch_size)
-    results = []
+    for sd in state_dtypes:
+        if sd not in ("float32", "bfloat16", "int8"):
+            raise ValueError(f"state_dtypes: expected float32, bfloat16 or int8, got {sd!r}")
+    runs = []
     for name in optimizers:
+        for i, sd in enumerate(state_dtypes):
+            if OPTIMIZERS[name][0] == "SGD" and i > 0:
+                continue  # no state: one run
+            runs.append((name, sd))
+    results = []
+    for name, state_dtype in runs:
         cls_name, hyper, full_batch = OPTIMIZERS[name]
         net = build_mlp(xtr.shape[1], hidden, 10, rng=seed, class_prior=prior, xp=xp)
         net.copy_from(template)
-        opt = getattr(optcore, cls_name)(net.params(), **hyper)
+        precision = {}
+        if state_dtype != "float32" and cls_name != "SGD":
+            precision["state_dtype"] = {"dbar": "int8"} if (
+                cls_name == "DeltaBarDelta" and state_dtype == "int8") else state_dtype
+        opt = getattr(optcore, cls_name)(net.params(), **hyper, **precision)
+        if len(state_dtypes) > 1 and cls_name != "SGD":
+            cls_name = f"{cls_name}[{state_dtype}]"
         bar = ProgressBar(cls_name + (" (full)" if full_batch else ""), epochs * steps_per_epoch,
                           stream=progress)
         order_rng = np.random.default_rng(seed + 1)
@@ -224,13 +242,13 @@ def run_demo(optimizers: Sequence[str] = tuple(OPTIMIZERS), *, epochs: int = 15,
 
 def format_table(results: Sequence[Result]) -> str:
     """The results as a fixed-width text table."""
-    head = f"{'optimizer':<22s}{'hyper-parameters':<28s}{'train loss':>11s}{'test acc':>10s}" \
+    head = f"{'optimizer':<32s}{'hyper-parameters':<28s}{'train loss':>11s}{'test acc':>10s}" \
            f"{'wall s':>9s}{'steps/s':>9s}"
     lines = [head, "-" * len(head)]
     for r in results:
         hp = ", ".join(f"{k}={v:g}" for k, v in r.hyper.items())
         name = r.name + (" (full)" if r.full_batch else "")
-        lines.append(f"{name:<22s}{hp:<28s}{r.train_loss:>11.4f}{100 * r.test_accuracy:>9.1f}%"
+        lines.append(f"{name:<32s}{hp:<28s}{r.train_loss:>11.4f}{100 * r.test_accuracy:>9.1f}%"
                      f"{r.wall_s:>9.2f}{r.steps_per_s:>9.0f}")
     return "\n".join(lines)
 
