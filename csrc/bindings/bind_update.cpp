@@ -210,6 +210,16 @@ class NumpyGradChecker {
   std::vector<uint64_t> last_;
 };
 
+// out[i] = convert(src[i]), a new one-dimensional array.
+template <class Out, class In, class Convert>
+py::array_t<Out> converted(const py::array_t<In, py::array::c_style>& src, Convert convert) {
+  py::array_t<Out> out(src.size());
+  const In* s = src.data();
+  Out* d = out.mutable_data();
+  for (py::ssize_t i = 0; i < src.size(); ++i) d[i] = convert(s[i]);
+  return out;
+}
+
 void bind_update(py::module_& m) {
   py::class_<UpdatePlan>(m, "UpdatePlan",
                          "Work decomposition of one update rule over a fixed list of tensors.")
@@ -267,22 +277,12 @@ void bind_update(py::module_& m) {
            py::arg("codes"), py::arg("shapes"), py::arg("written_starts"), py::arg("written_ends"))
       .def("pointers", &NumpyGradChecker::pointers, py::arg("items"));
 
-  // Test hooks for the 16-bit conversions in csrc/optcore/dtypes.h.
+  // Test hooks for the 16-bit conversions in csrc/optcore/dtypes.h (code 2: float16, else bfloat16).
   m.def("_float_to_storage", [](py::array_t<float, py::array::c_style> src, int code) {
-    py::array_t<uint16_t> out(src.size());
-    const float* s = src.data();
-    uint16_t* d = out.mutable_data();
-    for (py::ssize_t i = 0; i < src.size(); ++i)
-      d[i] = code == 2 ? float_to_half(s[i]) : float_to_bfloat16(s[i]);
-    return out;
+    return converted<uint16_t>(src, code == 2 ? &float_to_half : &float_to_bfloat16);
   });
   m.def("_storage_to_float", [](py::array_t<uint16_t, py::array::c_style> src, int code) {
-    py::array_t<float> out(src.size());
-    const uint16_t* s = src.data();
-    float* d = out.mutable_data();
-    for (py::ssize_t i = 0; i < src.size(); ++i)
-      d[i] = code == 2 ? half_to_float(s[i]) : bfloat16_to_float(s[i]);
-    return out;
+    return converted<float>(src, code == 2 ? &half_to_float : &bfloat16_to_float);
   });
 
   m.def("cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); });

@@ -77,7 +77,9 @@ class BatchNorm(Layer):
     ``forward(x)`` and ``bn(x)`` use it, and ``forward(x, training=...)`` (what
     :class:`optcore.nn.Sequential` calls) overrides it for that call. ``backward(dy)``
     returns dx and writes dgamma and dbeta into the buffers of ``grads()`` (the same
-    arrays every step, so an optimizer can hold them).
+    arrays every step, so an optimizer can hold them). A strided numpy or cupy input
+    (or dy) is copied once to C order, since the layer only reads it; the functions
+    :func:`optcore.batch_norm` / :func:`optcore.batch_norm_backward` refuse it instead.
 
     Examples
     --------

@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _arrays
+from ._loop import LoopOutcome
 from ._objective import NonFiniteError, Objective
 from ._state import EngineState
 
@@ -56,14 +57,7 @@ def finite_difference_hessian(grad: Callable[[Any], Any], x, xp, rel_step: Optio
 
 
 @dataclass
-class NewtonOutcome:
-    x: Any
-    f: float
-    g: Any
-    nit: int
-    success: bool
-    message: str
-    status: int
+class NewtonOutcome(LoopOutcome):
     damping: float
 
 
