@@ -225,11 +225,27 @@ class _Adapter(torch.optim.Optimizer):
 
     # -- internals
     def _name(self, p: torch.Tensor) -> str:
-        for gi, group in enumerate(self.param_groups):
+        """``param_groups[g]['params'][i]`` of ``p`` (a table rebuilt when the groups'
+        lists change, so naming every parameter of a re-plan stays linear)."""
+        key = tuple((id(g["params"]), len(g["params"])) for g in self.param_groups)
+        cached = self.__dict__.get("_names")
+        if cached is None or cached[0] != key:
+            cached = (key, {id(q): f"param_groups[{gi}]['params'][{i}]"
+                            for gi, group in enumerate(self.param_groups)
+                            for i, q in enumerate(group["params"])})
+            self._names = cached
+        name = cached[1].get(id(p))
+        if name is not None and self._named(name) is p:
+            return name
+        for gi, group in enumerate(self.param_groups):  # a list edited in place
             for i, q in enumerate(group["params"]):
                 if q is p:
                     return f"param_groups[{gi}]['params'][{i}]"
         return "a parameter"
+
+    def _named(self, name: str) -> Any:
+        gi, i = (int(x) for x in name[len("param_groups["):-1].split("]['params']["))
+        return self.param_groups[gi]["params"][i]
 
     def _torch_names(self, message: str, inner: "_Inner") -> str:
         """A native optimizer's message with its ``grads[i]`` / ``params[i]`` (positions in
