@@ -337,3 +337,116 @@ def test_lbfgs_refuses_groups_and_unknown_line_search():
         ot.LBFGS([{"params": model[0].parameters()}, {"params": model[2].parameters()}])
     with pytest.raises(TypeError, match="closure"):
         ot.LBFGS(model.parameters()).step(None)
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_lbfgs_max_eval_bounds_the_closure_calls_of_a_step(line_search_fn, one_torch_thread):
+    """max_eval stops a step at the first iteration boundary with that many closure
+    calls spent, as in torch (a line search in progress finishes first)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 6, generator=gen, dtype=torch.float64)
+    y = torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    calls = {}
+    for max_eval in (None, 1, 3, 7):
+        model = _model(3, torch.float64)
+        opt = ot.LBFGS(model.parameters(), max_iter=50, max_eval=max_eval,
+                       tolerance_grad=0, tolerance_change=0, line_search_fn=line_search_fn)
+        count = [0]
+
+        def closure():
+            count[0] += 1
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+        opt.step(closure)
+        calls[max_eval] = (count[0], opt.state[next(iter(model.parameters()))]["n_iter"])
+    default = 50 * 5 // 4  # torch's max_eval default: max_iter * 5 // 4
+    n, iterations = calls[None]
+    assert iterations == 50 or default <= n <= default + 25, calls
+    assert calls[1][1] == 1, calls  # one iteration always runs, as in torch
+    for k in (3, 7):
+        n, iterations = calls[k]
+        assert k <= n <= k + 25 and iterations < calls[None][1], calls
+    assert calls[3][0] < calls[7][0] < calls[None][0], calls
+
+
+def test_fast_path_still_refuses_aliased_retyped_and_strided_grads():
+    """After steps on the per-step fast path, a grad that aliases a parameter or optimizer
+    state, changed dtype through ``.data`` or is strided gets the named error, and nothing
+    is written."""
+    model = _model(8)
+    opt = ot.Adam(model.parameters(), lr=1e-2)
+    _train(model, opt, steps=3)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()  # the fast path is established
+    cases = [
+        (lambda: setattr(params[1], "grad", params[0].detach().view(-1)[:params[1].numel()]
+                         .view(params[1].shape)), ValueError,
+         r"the grad of param_groups\[0\]\['params'\]\[1\]: aliases "
+         r"param_groups\[0\]\['params'\]\[0\]"),
+        (lambda: setattr(params[1], "grad", opt.state[params[1]]["exp_avg"]), ValueError, "alias"),
+        (lambda: setattr(params[1].grad, "data", torch.ones_like(params[1], dtype=torch.float32)),
+         ValueError, r"param_groups\[0\]\['params'\]\[1\]"),
+        (lambda: setattr(params[1], "grad", torch.ones(2 * params[1].numel(),
+                                                        dtype=params[1].dtype)[::2]),
+         ValueError, "contiguous"),
+    ]
+    for make_bad, exc, match in cases:
+        for p in params:
+            p.grad = torch.ones_like(p)
+        before = [p.detach().clone() for p in params]
+        state_before = copy.deepcopy(opt.state_dict())
+        make_bad()
+        with pytest.raises(exc, match=match):
+            opt.step()
+        for p, b in zip(params, before):
+            assert torch.equal(p, b), match
+        after = opt.state_dict()
+        for i, entry in state_before["state"].items():
+            for k, v in entry.items():
+                assert torch.equal(after["state"][i][k], v), match
+
+
+def test_step_hooks_and_profiler_range_as_in_torch():
+    model = _model(2)
+    opt = ot.SGD(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    seen = []
+    h1 = opt.register_step_pre_hook(lambda o, args, kwargs: seen.append("pre"))
+    h2 = opt.register_step_post_hook(lambda o, args, kwargs: seen.append("post"))
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+    h3 = register_optimizer_step_pre_hook(
+        lambda o, args, kwargs: seen.append("global pre"))
+    opt.step()
+    assert seen == ["global pre", "pre", "post"]
+    for h in (h1, h2, h3):
+        h.remove()
+    seen.clear()
+    opt.step()
+    assert seen == []
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert any(e.name == "Optimizer.step#SGD.step" for e in prof.events())
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "Adagrad"])
+def test_state_dict_mid_run_leaves_the_live_state_live(name):
+    """Checkpointing between steps: every later state dict has the state of its own step
+    (a state dict must copy, not replace, the buffers the steps keep updating)."""
+    kwargs = {"SGD": dict(lr=0.1, momentum=0.9)}.get(name, dict(lr=0.1))
+    ma, mb = _model(4), _model(4)
+    oa, ob = getattr(torch.optim, name)(ma.parameters(), **kwargs), \
+        getattr(ot, name)(mb.parameters(), **kwargs)
+    for k in range(4):
+        _train(ma, oa, steps=1)
+        _train(mb, ob, steps=1)
+        sa, sb = oa.state_dict(), ob.state_dict()
+        for i, entry in sa["state"].items():
+            for key, v in entry.items():
+                torch.testing.assert_close(sb["state"][i][key], v, rtol=1e-10, atol=1e-12,
+                                           msg=f"step {k}: state {i} '{key}'")
+    _assert_same_params(ma, mb, torch.float64, "after checkpoints")
