@@ -123,12 +123,12 @@ void store_state_tile(const PlanTensor& t, int k, int64_t begin, int64_t n, cons
     }
     case StateFormat::Q8Signed:
     case StateFormat::Q8Unsigned: {
-      const float* mid = q8_midpoints(t.state_format[k] == int32_t(StateFormat::Q8Signed));
+      const Q8EncodeTable& table = q8_encode_table(t.state_format[k] == int32_t(StateFormat::Q8Signed));
       uint8_t* __restrict p = static_cast<uint8_t*>(t.states[k]) + begin;
       float absmax = 0.0f;
       for (int64_t i = 0; i < n; ++i) absmax = absmax_fold(absmax, float(tile[i]));
       const float inv = q8_inverse_scale(absmax);
-      for (int64_t i = 0; i < n; ++i) p[i] = q8_encode(float(tile[i]) * inv, mid);
+      for (int64_t i = 0; i < n; ++i) p[i] = q8_encode_bucketed(float(tile[i]) * inv, table);
       static_cast<float*>(t.absmax[k])[begin >> t.block_shift] = absmax;
       break;
     }
