@@ -126,13 +126,19 @@ inline const Q8EncodeTable& q8_encode_table(bool is_signed) {
   return is_signed ? signed_table : unsigned_table;
 }
 
+// Branch-free (selects), so the CPU loops over it can vectorise.
 inline uint8_t q8_encode_bucketed(float y, const Q8EncodeTable& t) {
   const uint32_t u = float_to_bits(y);
   const uint32_t e = (u >> 23) & 0xffu;
-  if (e < Q8EncodeTable::kMinExponent) return t.tiny;
-  if (e > 127) return (u >> 31) || (u & 0x7fffffffu) > 0x7f800000u ? 0 : 255;  // |y| >= 2, inf, NaN
-  const uint8_t k = t.base[u >> 31][((e - Q8EncodeTable::kMinExponent) << 7) | ((u >> 16) & 0x7fu)];
-  return uint8_t(k + (t.next_midpoint[k] < y ? 1 : 0));
+  const uint32_t sign = u >> 31;
+  const bool tiny = e < Q8EncodeTable::kMinExponent;
+  const bool large = e > 127;  // |y| >= 2, inf, NaN
+  const uint32_t bucket = (tiny || large) ? 0u
+                          : (((e - Q8EncodeTable::kMinExponent) << 7) | ((u >> 16) & 0x7fu));
+  const uint32_t k = t.base[sign][bucket];
+  const uint32_t inside = k + (t.next_midpoint[k] < y ? 1u : 0u);
+  const uint32_t outside_large = (sign || (u & 0x7fffffffu) > 0x7f800000u) ? 0u : 255u;
+  return uint8_t(tiny ? uint32_t(t.tiny) : large ? outside_large : inside);
 }
 #endif
 
