@@ -136,9 +136,12 @@ inline uint8_t q8_encode_bucketed(float y, const Q8EncodeTable& t) {
   const uint32_t bucket = (tiny || large) ? 0u
                           : (((e - Q8EncodeTable::kMinExponent) << 7) | ((u >> 16) & 0x7fu));
   const uint32_t k = t.base[sign][bucket];
-  const uint32_t inside = k + (t.next_midpoint[k] < y ? 1u : 0u);
-  const uint32_t outside_large = (sign || (u & 0x7fffffffu) > 0x7f800000u) ? 0u : 255u;
-  return uint8_t(tiny ? uint32_t(t.tiny) : large ? outside_large : inside);
+  // bool -> integer, never a branch: the comparison is a coin flip per element
+  const uint32_t inside = k + uint32_t(t.next_midpoint[k] < y);
+  const uint32_t outside_large = 255u * uint32_t(!(sign | uint32_t((u & 0x7fffffffu) > 0x7f800000u)));
+  const uint32_t tiny_mask = 0u - uint32_t(tiny), large_mask = 0u - uint32_t(large);
+  const uint32_t other = (outside_large & large_mask) | (inside & ~large_mask);
+  return uint8_t((uint32_t(t.tiny) & tiny_mask) | (other & ~tiny_mask));
 }
 #endif
 
@@ -150,7 +153,7 @@ OPTCORE_HD float q8_inverse_scale(float absmax) { return absmax > 0.0f ? 1.0f / 
 
 // |x| folded into a running maximum; NaN leaves it unchanged.
 OPTCORE_HD float absmax_fold(float running, float x) {
-  const float a = x < 0.0f ? -x : x;
+  const float a = bits_to_float(float_to_bits(x) & 0x7fffffffu);  // |x| without a branch on the sign
   return a > running ? a : running;
 }
 
