@@ -36,7 +36,7 @@ void quantize(uintptr_t src, uintptr_t codes, uintptr_t absmax, int64_t n, int64
   const float* x = reinterpret_cast<const float*>(src);
   uint8_t* q = reinterpret_cast<uint8_t*>(codes);
   float* a = reinterpret_cast<float*>(absmax);
-  const float* mid = q8_midpoints(is_signed);
+  const Q8EncodeTable& table = q8_encode_table(is_signed);
   const int64_t blocks = block_count(n, block);
   py::gil_scoped_release release;
 #pragma omp parallel for schedule(static) if (n > (int64_t(1) << 16))
@@ -45,7 +45,7 @@ void quantize(uintptr_t src, uintptr_t codes, uintptr_t absmax, int64_t n, int64
     float m = 0.0f;
     for (int64_t i = begin; i < end; ++i) m = absmax_fold(m, x[i]);
     const float inv = q8_inverse_scale(m);
-    for (int64_t i = begin; i < end; ++i) q[i] = q8_encode(x[i] * inv, mid);
+    for (int64_t i = begin; i < end; ++i) q[i] = q8_encode_bucketed(x[i] * inv, table);
     a[b] = m;
   }
 }
@@ -90,6 +90,28 @@ void bind_quantize(py::module_& m) {
     for (py::ssize_t i = 0; i < y.size(); ++i) out.mutable_data()[i] = q8_encode(y.data()[i], mid);
     return out;
   });
+  m.def("_q8_encode_mismatches", [](bool is_signed, uint32_t stride) {
+    // The bucketed CPU encoder against the binary search over every stride-th float32
+    // bit pattern (both signs), plus every bucket's first and last value.
+    if (stride == 0) throw py::value_error("stride: must be positive");
+    const Q8EncodeTable& table = q8_encode_table(is_signed);
+    const float* mid = q8_midpoints(is_signed);
+    int64_t bad = table.exact ? 0 : 1;
+    {
+      py::gil_scoped_release release;
+      for (uint64_t u = 0; u <= 0xffffffffull; u += stride) {
+        const float y = bits_to_float(uint32_t(u));
+        bad += q8_encode_bucketed(y, table) != q8_encode(y, mid);
+      }
+      for (uint64_t u = 0; u <= 0xffffffffull; u += 0x10000u) {
+        for (uint32_t low : {0u, 0xffffu}) {
+          const float y = bits_to_float(uint32_t(u) | low);
+          bad += q8_encode_bucketed(y, table) != q8_encode(y, mid);
+        }
+      }
+    }
+    return bad;
+  }, py::arg("signed"), py::arg("stride") = 1);
   m.def("_bfloat16_stochastic", [](py::array_t<float, py::array::c_style> x,
                                    py::array_t<uint32_t, py::array::c_style> random) {
     if (random.size() != x.size()) throw py::value_error("random: one value per element of x");

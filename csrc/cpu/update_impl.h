@@ -123,12 +123,20 @@ void store_state_tile(const PlanTensor& t, int k, int64_t begin, int64_t n, cons
     }
     case StateFormat::Q8Signed:
     case StateFormat::Q8Unsigned: {
-      const float* mid = q8_midpoints(t.state_format[k] == int32_t(StateFormat::Q8Signed));
+      const Q8EncodeTable& table = q8_encode_table(t.state_format[k] == int32_t(StateFormat::Q8Signed));
       uint8_t* __restrict p = static_cast<uint8_t*>(t.states[k]) + begin;
+      // The maximum over 16 lanes, then across them: the same value in any order (a max
+      // is exact), without a serial dependence through one accumulator.
+      constexpr int kLanes = 16;
+      float lane[kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= n; i += kLanes)
+        for (int l = 0; l < kLanes; ++l) lane[l] = absmax_fold(lane[l], float(tile[i + l]));
+      for (; i < n; ++i) lane[0] = absmax_fold(lane[0], float(tile[i]));
       float absmax = 0.0f;
-      for (int64_t i = 0; i < n; ++i) absmax = absmax_fold(absmax, float(tile[i]));
+      for (int l = 0; l < kLanes; ++l) absmax = absmax_fold(absmax, lane[l]);
       const float inv = q8_inverse_scale(absmax);
-      for (int64_t i = 0; i < n; ++i) p[i] = q8_encode(float(tile[i]) * inv, mid);
+      for (int64_t j = 0; j < n; ++j) p[j] = q8_encode_bucketed(float(tile[j]) * inv, table);
       static_cast<float*>(t.absmax[k])[begin >> t.block_shift] = absmax;
       break;
     }
@@ -144,6 +152,7 @@ void run_low_precision_chunk(const Rule<typename StorageTraits<T>::Math>& rule, 
   using S = typename Traits::State;
   constexpr int K = RuleInfo<Rule>::states;
   constexpr bool kReadsGrad = RuleInfo<Rule>::reads_grad;
+  static_assert(std::is_same_v<M, S>, "the state tile doubles as native state");
   auto* __restrict theta = static_cast<typename Traits::Raw*>(t.theta);
   const auto* __restrict grad = static_cast<const typename GTraits::Raw*>(grad_base);
   auto* __restrict model_copy = static_cast<typename GTraits::Raw*>(t.model_copy);
@@ -162,6 +171,27 @@ void run_low_precision_chunk(const Rule<typename StorageTraits<T>::Math>& rule, 
   for (int64_t b = c.begin; b < end; b += block) {
     const int64_t n = std::min(block, end - b);
     for (int k = 0; k < K; ++k) load_state_tile<M, S>(t, k, b, n, tile[k]);
+    if (!sr_theta) {
+      // The tile is the state (its type is the State type, M == S): the native,
+      // vectorised element loop runs over it unchanged.
+      void* tile_states[kMaxStates] = {};
+      for (int k = 0; k < K; ++k) tile_states[k] = tile[k];
+      T* th = static_cast<T*>(t.theta) + b;
+      const G* g = grad_base ? static_cast<const G*>(grad_base) + b : nullptr;
+      S* avg = average ? average + b : nullptr;
+      G* cp = t.model_copy ? static_cast<G*>(t.model_copy) + b : nullptr;
+      if constexpr (!std::is_same_v<T, G>) {  // a model copy exists only with a float32 master
+        if (cp && avg) run_chunk<Rule, T, G, true, true>(rule, th, g, tile_states, avg, cp, n, options, weight);
+        else if (cp) run_chunk<Rule, T, G, false, true>(rule, th, g, tile_states, nullptr, cp, n, options, weight);
+        else if (avg) run_chunk<Rule, T, G, true, false>(rule, th, g, tile_states, avg, nullptr, n, options, weight);
+        else run_chunk<Rule, T, G, false, false>(rule, th, g, tile_states, nullptr, nullptr, n, options, weight);
+      } else {
+        if (avg) run_chunk<Rule, T, G, true, false>(rule, th, g, tile_states, avg, nullptr, n, options, weight);
+        else run_chunk<Rule, T, G, false, false>(rule, th, g, tile_states, nullptr, nullptr, n, options, weight);
+      }
+      for (int k = 0; k < K; ++k) store_state_tile<M, S>(t, k, b, n, tile[k], state_key[k]);
+      continue;
+    }
     for (int64_t i = 0; i < n; ++i) {
       const int64_t e = b + i;
       M th = Traits::decode(theta[e]);

@@ -83,6 +83,68 @@ OPTCORE_HD uint8_t q8_encode(float y, const float* midpoints) {
   return uint8_t(pos);
 }
 
+#if !defined(__CUDA_ARCH__)
+// The same encoding in a few instructions, for the CPU: a bucket table indexed
+// by the top 16 bits of y (sign, exponent, 7 mantissa bits: its bfloat16
+// truncation) holds the index for the bucket's smallest value; no bucket
+// contains more than one midpoint (checked when the table is built, and over
+// every float in tests), so one comparison with the next midpoint finishes it.
+// Equal to q8_encode for every float32 y, NaN included.
+struct Q8EncodeTable {
+  static constexpr uint32_t kMinExponent = 127 - 24;  // below 2^-24: no midpoint, one index
+  static constexpr uint32_t kBuckets = (127 + 1 - kMinExponent) << 7;  // |y| < 2
+  uint8_t base[2][kBuckets];
+  float next_midpoint[256];  // midpoints[k]; +inf past the last
+  uint8_t tiny;              // the index of every |y| < 2^-24
+  bool exact;                // every bucket holds at most one midpoint
+};
+
+inline Q8EncodeTable build_q8_encode_table(bool is_signed) {
+  Q8EncodeTable t{};
+  const float* mid = q8_midpoints(is_signed);
+  for (int k = 0; k < 255; ++k) t.next_midpoint[k] = mid[k];
+  t.next_midpoint[255] = bits_to_float(0x7f800000u);
+  t.tiny = q8_encode(0.0f, mid);
+  t.exact = true;
+  for (uint32_t sign = 0; sign < 2; ++sign) {
+    for (uint32_t b = 0; b < Q8EncodeTable::kBuckets; ++b) {
+      const uint32_t lo = (sign << 31) | ((Q8EncodeTable::kMinExponent + (b >> 7)) << 23) | ((b & 0x7f) << 16);
+      const uint32_t hi = lo | 0xffffu;
+      // the bucket's smallest and largest values (negative buckets run the other way)
+      const float first = bits_to_float(sign ? hi : lo), last = bits_to_float(sign ? lo : hi);
+      const uint8_t k = q8_encode(first, mid);
+      t.base[sign][b] = k;
+      t.exact = t.exact && q8_encode(last, mid) - k <= 1;
+    }
+  }
+  return t;
+}
+
+inline const Q8EncodeTable& q8_encode_table(bool is_signed) {
+  static const Q8EncodeTable signed_table = build_q8_encode_table(true);
+  static const Q8EncodeTable unsigned_table = build_q8_encode_table(false);
+  return is_signed ? signed_table : unsigned_table;
+}
+
+// Branch-free (selects), so the CPU loops over it can vectorise.
+inline uint8_t q8_encode_bucketed(float y, const Q8EncodeTable& t) {
+  const uint32_t u = float_to_bits(y);
+  const uint32_t e = (u >> 23) & 0xffu;
+  const uint32_t sign = u >> 31;
+  const bool tiny = e < Q8EncodeTable::kMinExponent;
+  const bool large = e > 127;  // |y| >= 2, inf, NaN
+  const uint32_t bucket = (tiny || large) ? 0u
+                          : (((e - Q8EncodeTable::kMinExponent) << 7) | ((u >> 16) & 0x7fu));
+  const uint32_t k = t.base[sign][bucket];
+  // bool -> integer, never a branch: the comparison is a coin flip per element
+  const uint32_t inside = k + uint32_t(t.next_midpoint[k] < y);
+  const uint32_t outside_large = 255u * uint32_t(!(sign | uint32_t((u & 0x7fffffffu) > 0x7f800000u)));
+  const uint32_t tiny_mask = 0u - uint32_t(tiny), large_mask = 0u - uint32_t(large);
+  const uint32_t other = (outside_large & large_mask) | (inside & ~large_mask);
+  return uint8_t((uint32_t(t.tiny) & tiny_mask) | (other & ~tiny_mask));
+}
+#endif
+
 OPTCORE_HD float q8_decode(uint8_t byte, const float* code, float absmax) { return code[byte] * absmax; }
 
 // The factor a block's values are scaled by before encoding: 1/absmax, and 0
@@ -91,7 +153,7 @@ OPTCORE_HD float q8_inverse_scale(float absmax) { return absmax > 0.0f ? 1.0f / 
 
 // |x| folded into a running maximum; NaN leaves it unchanged.
 OPTCORE_HD float absmax_fold(float running, float x) {
-  const float a = x < 0.0f ? -x : x;
+  const float a = bits_to_float(float_to_bits(x) & 0x7fffffffu);  // |x| without a branch on the sign
   return a > running ? a : running;
 }
 

@@ -55,6 +55,13 @@ def test_encode_is_the_nearest_code_value(rng, signed):
 
 
 @pytest.mark.parametrize("signed", [True, False])
+def test_cpu_bucketed_encoder_equals_the_search(signed):
+    # every 61st float32 bit pattern (70 million), and the first and last float of every
+    # bucket (the CPU's table-driven encoder, csrc/optcore/quantize.h)
+    assert _core._q8_encode_mismatches(signed, 61) == 0
+
+
+@pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("block", BLOCKS)
 def test_quantize_matches_reference_and_error_bound(rng, signed, n, block):
