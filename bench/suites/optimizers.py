@@ -19,7 +19,7 @@ AdaDelta           θ, g, r, u               θ, r, u              28
 DeltaBarDelta      θ, g, η, d̄               θ, η, d̄              28
 =================  =======================  ===================  =====
 
-i.e. bytes = 4 × (2 + 2 × number of state arrays). GB/s of every
+i.e. bytes = 4 × (3 + 2 × number of state arrays). GB/s of every
 implementation is computed from these bytes, so an implementation that moves
 more data (torch's foreach temporaries, NumPy's scratch passes) shows it as a
 lower GB/s. ``probe_pct`` = probe time / implementation time × 100, with the
@@ -60,7 +60,7 @@ RULES: Dict[str, Tuple[Dict[str, Any], Tuple[str, ...]]] = {
 
 
 def bytes_per_element(rule: str, itemsize: int = 4) -> int:
-    return itemsize * (2 + 2 * len(RULES[rule][1]))
+    return itemsize * (3 + 2 * len(RULES[rule][1]))  # θ read and written, g read, states
 
 
 #: low-precision state rows (optcore's state_dtype=), after each float32 optcore row
