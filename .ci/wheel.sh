@@ -14,7 +14,10 @@ start=$(date +%s)
 # 14.1 MiB (51 MB unpacked), the CPU module plus libgomp about 1.1 MiB; the limits
 # leave ~75% headroom (PyPI's default upload limit is 100 MB), so crossing one means
 # something new is bloating the wheel (another architecture, debug info, a vendored library).
-max_mib_cuda=${WHEEL_MAX_MIB_CUDA:-25}
+# The low-precision state kernels (bfloat16 / 8-bit state per rule and dtype, issue 11)
+# took the CUDA wheel to 36.1 MiB on 2026-12-02: the limit is 48 MiB since, still half of
+# PyPI's; shrinking those instantiations (fewer unrolled tiles, no float64 form) is open.
+max_mib_cuda=${WHEEL_MAX_MIB_CUDA:-48}
 max_mib_cpu=${WHEEL_MAX_MIB_CPU:-3}
 # Tag: manylinux, and no newer glibc than this machine's (Debian 12, glibc 2.36)
 # libgomp needs; the cibuildwheel images give manylinux_2_28.
