@@ -8,7 +8,7 @@
 
 #include "bindings/kernel_args.h"
 #include "bindings/registry.h"
-#include "cpu/batchnorm.h"
+#include "cpu/batchnorm/batchnorm.h"
 
 namespace py = pybind11;
 

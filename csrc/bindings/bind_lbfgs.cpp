@@ -12,7 +12,7 @@
 
 #include "bindings/kernel_args.h"
 #include "bindings/registry.h"
-#include "cpu/lbfgs.h"
+#include "cpu/lbfgs/lbfgs.h"
 
 namespace py = pybind11;
 

@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <string>
 
-#include "cpu/batchnorm.h"
+#include "cpu/batchnorm/batchnorm.h"
 
 namespace optcore {
 namespace bindings {

@@ -1,5 +1,5 @@
 // Batch normalization (8.7.1) CUDA kernels. The reductions follow the fixed
-// partition of csrc/cpu/batchnorm.h: one block per (group, channel) partial
+// partition of csrc/cpu/batchnorm/batchnorm.h: one block per (group, channel) partial
 // (channel-mid) or per (group, 32-channel tile) (channel-last), a fixed-shape
 // tree in shared memory, and a per-channel merge in group order, so results
 // do not depend on the grid or on scheduling.

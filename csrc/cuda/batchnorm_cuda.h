@@ -1,11 +1,11 @@
 // Batch normalization (8.7.1) CUDA phases, mirroring the CPU ones in
-// csrc/cpu/batchnorm.h (same partition, same per-channel arithmetic). Plain
+// csrc/cpu/batchnorm/batchnorm.h (same partition, same per-channel arithmetic). Plain
 // C++ declarations so the pybind11 bindings compile with the host compiler.
 // Every function runs on `device`, enqueues on `stream` and does not synchronise.
 #pragma once
 #include <cstdint>
 
-#include "cpu/batchnorm.h"
+#include "cpu/batchnorm/batchnorm.h"
 
 namespace optcore {
 namespace batchnorm {

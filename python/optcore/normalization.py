@@ -147,6 +147,18 @@ def _no_overlap(written: list, inputs: list) -> None:
                 raise ValueError(f"{an} overlaps {bn} in memory; pass separate buffers")
 
 
+def _output(out: Any, xv: View, written: list, inputs: list) -> Tuple[Any, View]:
+    """The output like x and its view: ``out`` checked, or a new array. No buffer the
+    call writes (``out``, ``written``) may share a byte with another or with ``inputs``."""
+    if out is None:
+        _no_overlap(written, inputs)
+        y = _arrays.empty_array(xv, xv.shape)
+        return y, _arrays.view_of(y, "out")
+    yv = _like_x(out, "out", xv, xv.shape, writeable=True)
+    _no_overlap([(yv, "out")] + written, inputs)
+    return out, yv
+
+
 def _threads(threads: Optional[int]) -> int:
     if threads is None:
         return 0
@@ -301,16 +313,7 @@ def _batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, e
                 factor = 1.0 / (num_batches_tracked + 1)
             else:
                 factor = momentum
-    if out is None:
-        y = _arrays.empty_array(xv, xv.shape)
-        yv = _arrays.view_of(y, "out")
-    else:
-        y = out
-        yv = _like_x(out, "out", xv, xv.shape, writeable=True)
-        _no_overlap([(yv, "out"), (rmv, "running_mean"), (rvv, "running_var")],
-                    [(xv, "x"), (gv, "gamma"), (bv, "beta")])
-    if out is None:
-        _no_overlap([(rmv, "running_mean"), (rvv, "running_var")],
+    y, yv = _output(out, xv, [(rmv, "running_mean"), (rvv, "running_var")],
                     [(xv, "x"), (gv, "gamma"), (bv, "beta")])
 
     # Validation done: from here on, buffers are written.
@@ -433,14 +436,8 @@ def _batch_norm_backward(dy, x, gamma, saved, layout, out, threads, sync, param_
     gv = _per_channel(gamma, "gamma", xv, channels, stat_dtype)
     smv = _per_channel(saved.mean, "saved.mean", xv, channels, stat_dtype)
     siv = _per_channel(saved.invstd, "saved.invstd", xv, channels, stat_dtype)
-    if out is None:
-        dx = _arrays.empty_array(xv, xv.shape)
-        dxv = _arrays.view_of(dx, "out")
-    else:
-        dx = out
-        dxv = _like_x(out, "out", xv, xv.shape, writeable=True)
-        _no_overlap([(dxv, "out")], [(xv, "x"), (dyv, "dy"), (gv, "gamma"),
-                                     (smv, "saved.mean"), (siv, "saved.invstd")])
+    dx, dxv = _output(out, xv, [], [(xv, "x"), (dyv, "dy"), (gv, "gamma"),
+                                    (smv, "saved.mean"), (siv, "saved.invstd")])
 
     be = _Backend(xv, nthreads)
     dgamma = _arrays.empty_array(xv, (channels,), stat_dtype) if gv is not None else None

@@ -1,3 +1,3 @@
 // The batch-norm passes compiled for the avx2 instruction set (flags in CMakeLists.txt).
 #define OPTCORE_ISA avx2
-#include "cpu/batchnorm_impl.h"
+#include "cpu/batchnorm/batchnorm_impl.h"

@@ -5,7 +5,7 @@
 #pragma once
 #include <cstdint>
 
-#include "cpu/batchnorm.h"
+#include "cpu/batchnorm/batchnorm.h"
 
 namespace optcore {
 namespace batchnorm {

@@ -40,7 +40,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/batchnorm_executor.h"
+#include "cpu/batchnorm/batchnorm_executor.h"
 #include "optcore/dtypes.h"
 
 namespace optcore {

@@ -3,7 +3,7 @@
 // instruction set's table (batchnorm_impl.h); the per-channel merge and
 // finalisation, small and float64, are here. See batchnorm.h for the partition
 // that makes the reductions independent of the thread count.
-#include "cpu/batchnorm.h"
+#include "cpu/batchnorm/batchnorm.h"
 
 #include <omp.h>
 
@@ -13,7 +13,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "cpu/batchnorm_executor.h"
+#include "cpu/batchnorm/batchnorm_executor.h"
 #include "cpu/update_executor.h"
 #include "optcore/dtypes.h"
 

@@ -12,7 +12,7 @@
 // One file (about 430 lines) on purpose: the workspace, its per-ISA pass
 // instantiation (lbfgs_passes.inc, included once per instruction set below)
 // and the pass-shape selection are one translation unit.
-#include "cpu/lbfgs.h"
+#include "cpu/lbfgs/lbfgs.h"
 
 #include <omp.h>
 #if defined(OPTCORE_X86)
@@ -88,7 +88,7 @@ inline void* offset(void* p, int64_t elements, int elem_size) {
 namespace lbfgs_base {
 inline __attribute__((always_inline)) V8d widen(const V8f& v) { return __builtin_convertvector(v, V8d); }
 inline __attribute__((always_inline)) V8f narrow(const V8d& v) { return __builtin_convertvector(v, V8f); }
-#include "cpu/lbfgs_passes.inc"
+#include "cpu/lbfgs/lbfgs_passes.inc"
 }  // namespace lbfgs_base
 
 #if defined(OPTCORE_X86)
@@ -97,7 +97,7 @@ inline __attribute__((always_inline)) V8f narrow(const V8d& v) { return __builti
 namespace lbfgs_avx2 {
 inline __attribute__((always_inline)) V8d widen(const V8f& v) { return __builtin_convertvector(v, V8d); }
 inline __attribute__((always_inline)) V8f narrow(const V8d& v) { return __builtin_convertvector(v, V8f); }
-#include "cpu/lbfgs_passes.inc"
+#include "cpu/lbfgs/lbfgs_passes.inc"
 }  // namespace lbfgs_avx2
 #pragma GCC pop_options
 #pragma GCC push_options
@@ -107,7 +107,7 @@ namespace lbfgs_avx512 {
 // "undefined" vector that GCC 12 warns about.
 inline __attribute__((always_inline)) V8d widen(const V8f& v) { return (V8d)_mm512_maskz_cvtps_pd(0xFF, (__m256)v); }
 inline __attribute__((always_inline)) V8f narrow(const V8d& v) { return (V8f)_mm512_maskz_cvtpd_ps(0xFF, (__m512d)v); }
-#include "cpu/lbfgs_passes.inc"
+#include "cpu/lbfgs/lbfgs_passes.inc"
 }  // namespace lbfgs_avx512
 #pragma GCC pop_options
 #endif
