@@ -82,7 +82,6 @@ class DevicePlan {
   int device() const { return device_; }
   int grid_size() const { return grid_; }
   int block_size() const;
-  bool has_extras() const { return extras_; }
 
  private:
   void release();  // frees everything allocated so far; safe to call twice

@@ -25,10 +25,6 @@ inline const char* dtype_name(DType d) {
   return "unknown";
 }
 
-inline int dtype_size(DType d) {
-  return d == DType::F64 ? 8 : (d == DType::F32 ? 4 : 2);
-}
-
 struct Half { uint16_t bits; };
 struct BFloat16 { uint16_t bits; };
 

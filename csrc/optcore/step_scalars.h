@@ -31,7 +31,7 @@ struct StepScalars {
 // as it was for finite θ.
 enum ScalarSlot : int {
   kGradMultiplier = 0,
-  kFirstRuleScalar = 1,
+  // slots 1 .. 10: the rule's own scalars, in its kScalars order
   kAverageWeight = 11,
   kL2Decay = 12,
   kDecoupledDecay = 13,
