@@ -80,6 +80,18 @@ class _GroupPlan:
         return self.plan.grad_sum_squares(grad_ptrs)
 
 
+
+def check_state_dict_header(state_dict: Any, owner: Any) -> List[Dict[str, Any]]:
+    """The ``param_groups`` of a state dict, after the checks every optimizer family makes
+    first: a dict with ``state`` and ``param_groups``, saved by ``owner``'s class."""
+    if not isinstance(state_dict, dict) or "param_groups" not in state_dict \
+            or "state" not in state_dict:
+        raise TypeError("state_dict: expected a dict with 'state' and 'param_groups'")
+    kind = state_dict.get("optimizer", type(owner).__name__)
+    if kind != type(owner).__name__:
+        raise ValueError(f"state_dict: saved by {kind}, cannot load into {type(owner).__name__}")
+    return state_dict["param_groups"]
+
 class Optimizer:
     """Base class of the first-order optimizers.
 
@@ -601,13 +613,7 @@ class Optimizer:
 
         Everything is checked before anything is written.
         """
-        if not isinstance(state_dict, dict) or "param_groups" not in state_dict \
-                or "state" not in state_dict:
-            raise TypeError("state_dict: expected a dict with 'state' and 'param_groups'")
-        kind = state_dict.get("optimizer", type(self).__name__)
-        if kind != type(self).__name__:
-            raise ValueError(f"state_dict: saved by {kind}, cannot load into {type(self).__name__}")
-        groups = state_dict["param_groups"]
+        groups = check_state_dict_header(state_dict, self)
         if len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict: has {len(groups)} param groups, "
                              f"this optimizer has {len(self.param_groups)}")

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _arrays
 from .._threads import serialised
+from ..optim.base import check_state_dict_header
 from ._loop import LINE_SEARCHES, LoopState
 from ._objective import NonFiniteError, Objective, VectorPool, _is_host_vector, held_vectors
 from .minimize import _check_int
@@ -174,13 +175,7 @@ class _SecondOrder:
         """Restore from :meth:`state_dict` (of an optimizer of the same class, size and
         fixed options); the next steps are those of the saved optimizer, bit for bit.
         Everything is checked before anything is written."""
-        if not isinstance(state_dict, dict) or "param_groups" not in state_dict \
-                or "state" not in state_dict:
-            raise TypeError("state_dict: expected a dict with 'state' and 'param_groups'")
-        kind = state_dict.get("optimizer", type(self).__name__)
-        if kind != type(self).__name__:
-            raise ValueError(f"state_dict: saved by {kind}, cannot load into {type(self).__name__}")
-        groups = state_dict["param_groups"]
+        groups = check_state_dict_header(state_dict, self)
         if len(groups) != 1 or len(groups[0].get("params", ())) != len(self._params):
             raise ValueError(f"state_dict: expected one param group of {len(self._params)} "
                              f"params")
