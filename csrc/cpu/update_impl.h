@@ -83,35 +83,42 @@ void run_chunk(const Rule<typename StorageTraits<T>::Math>& rule, T* theta_ptr,
 #if defined(OPTCORE_Q8_AVX512)
 // The 8-bit codec 16 lanes at a time (avx512 build only; the other builds and
 // float64 tiles use the scalar q8_encode_bucketed / q8_decode). The encoder
-// is q8_encode_bucketed with its two lookups merged into one gather: a
-// bucket (the top 16 bits of y) holds at most one midpoint, which then shares
-// those 16 bits with y, so "y above the bucket's next midpoint" is a compare
-// of y's low 16 bits (flipped for negative y, whose order runs the other way)
-// with the midpoint's. Entry: (index of the bucket's smallest value << 16) |
-// threshold, 0xffff where no midpoint lies in the bucket. Equal to
-// q8_encode_bucketed, and so q8_encode, for every float32 (checked over all
-// 2^32 floats when this was written).
+// is q8_encode_bucketed with its lookups merged into one gather: a bucket (the
+// top 16 bits of y) holds at most one midpoint, which then shares those 16
+// bits with y, so "y above the bucket's next midpoint" is a test on y's low 16
+// bits v (flipped for negative y, whose order runs the other way) against the
+// midpoint's m: entry = (index of the bucket's smallest value << 16) |
+// (0xffff - m), 0 where no midpoint lies in the bucket, and (entry + v) >> 16
+// carries the "+1" exactly when v > m. |y| < 2^-24 and |y| >= 2 clamp onto
+// one extra entry each per sign (the tiny index; 255 / 0), NaN is set to 0.
+// Equal to q8_encode_bucketed, and so q8_encode, for every float32 (checked
+// over all 2^32 floats when this was written).
 struct Q8Table32 {
-  uint32_t entry[2 * Q8EncodeTable::kBuckets];
-  uint32_t tiny;
+  static constexpr uint32_t kLo = (Q8EncodeTable::kMinExponent << 7) - 1;  // top 15 bits of |y|, tiny
+  static constexpr uint32_t kHi = 128u << 7;                              // |y| >= 2
+  static constexpr uint32_t kSignStride = 4096;
+  static_assert(kHi - kLo < kSignStride, "one sign's entries fit the stride");
+  uint32_t entry[2 * kSignStride];
   bool exact;
 };
 
 Q8Table32 build_q8_table32(bool is_signed) {
   Q8Table32 t{};
   const Q8EncodeTable& base = q8_encode_table(is_signed);
-  t.tiny = base.tiny;
   t.exact = base.exact;
   for (uint32_t sign = 0; sign < 2; ++sign) {
+    uint32_t* row = t.entry + sign * Q8Table32::kSignStride;
+    row[0] = uint32_t(base.tiny) << 16;
+    row[Q8Table32::kHi - Q8Table32::kLo] = (sign ? 0u : 255u) << 16;
     for (uint32_t b = 0; b < Q8EncodeTable::kBuckets; ++b) {
       const uint32_t top = (sign << 15) | ((Q8EncodeTable::kMinExponent + (b >> 7)) << 7) | (b & 0x7f);
       const uint32_t k = base.base[sign][b];
-      uint32_t threshold = 0xffffu;
+      uint32_t add = 0;
       if (k < 255) {
         const uint32_t m = float_to_bits(base.next_midpoint[k]);
-        if ((m >> 16) == top) threshold = (m & 0xffffu) ^ (sign ? 0xffffu : 0u);
+        if ((m >> 16) == top) add = 0xffffu - ((m & 0xffffu) ^ (sign ? 0xffffu : 0u));
       }
-      t.entry[sign * Q8EncodeTable::kBuckets + b] = (k << 16) | threshold;
+      row[(top & 0x7fffu) - Q8Table32::kLo] = (k << 16) | add;
     }
   }
   return t;
@@ -125,31 +132,18 @@ const Q8Table32& q8_table32(bool is_signed) {
 
 inline __m128i q8_encode16(__m512 y, const Q8Table32& t) {
   const __m512i u = _mm512_castps_si512(y);
-  const __m512i e = _mm512_and_si512(_mm512_srli_epi32(u, 23), _mm512_set1_epi32(0xff));
-  const __m512i sign = _mm512_srli_epi32(u, 31);
-  const __mmask16 tiny = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(int(Q8EncodeTable::kMinExponent)));
-  const __mmask16 large = _mm512_cmpgt_epu32_mask(e, _mm512_set1_epi32(127));
-  const __mmask16 inside = _mm512_knot(_mm512_kor(tiny, large));
-  __m512i bucket = _mm512_or_si512(
-      _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(int(Q8EncodeTable::kMinExponent))), 7),
-      _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x7f)));
-  bucket = _mm512_add_epi32(bucket, _mm512_mullo_epi32(sign, _mm512_set1_epi32(int(Q8EncodeTable::kBuckets))));
-  bucket = _mm512_maskz_mov_epi32(inside, bucket);
-  const __m512i ent = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), inside, bucket,
-                                                  reinterpret_cast<const int*>(t.entry), 4);
-  __m512i k = _mm512_srli_epi32(ent, 16);
-  const __m512i threshold = _mm512_and_si512(ent, _mm512_set1_epi32(0xffff));
-  const __m512i flip = _mm512_and_si512(_mm512_srai_epi32(u, 31), _mm512_set1_epi32(0xffff));
-  const __m512i v = _mm512_xor_si512(_mm512_and_si512(u, _mm512_set1_epi32(0xffff)), flip);
-  const __mmask16 up = _mm512_cmpgt_epu32_mask(v, threshold);
-  k = _mm512_mask_add_epi32(k, up, k, _mm512_set1_epi32(1));
-  // |y| >= 2, inf, NaN: 255 for positive non-NaN, else 0
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                _mm512_set1_epi32(0x7f800000));
-  const __mmask16 neg = _mm512_test_epi32_mask(u, _mm512_set1_epi32(int(0x80000000u)));
-  const __m512i large_value = _mm512_maskz_mov_epi32(_mm512_knot(_mm512_kor(nan, neg)), _mm512_set1_epi32(255));
-  k = _mm512_mask_mov_epi32(k, large, large_value);
-  k = _mm512_mask_mov_epi32(k, tiny, _mm512_set1_epi32(int(t.tiny)));
+  const __m512i top = _mm512_srli_epi32(u, 16);
+  __m512i mag = _mm512_and_si512(top, _mm512_set1_epi32(0x7fff));
+  mag = _mm512_min_epu32(_mm512_max_epu32(mag, _mm512_set1_epi32(int(Q8Table32::kLo))),
+                         _mm512_set1_epi32(int(Q8Table32::kHi)));
+  const __m512i sign_offset = _mm512_and_si512(_mm512_srli_epi32(u, 19), _mm512_set1_epi32(int(Q8Table32::kSignStride)));
+  const __m512i idx = _mm512_add_epi32(mag, sign_offset);
+  const int* base = reinterpret_cast<const int*>(reinterpret_cast<uintptr_t>(t.entry) - uintptr_t(Q8Table32::kLo) * 4u);
+  const __m512i ent = _mm512_i32gather_epi32(idx, base, 4);
+  // v = low 16 bits of y, flipped for negative y
+  const __m512i v = _mm512_ternarylogic_epi32(u, _mm512_srai_epi32(u, 31), _mm512_set1_epi32(0xffff), 0x28);
+  __m512i k = _mm512_srli_epi32(_mm512_add_epi32(ent, v), 16);
+  k = _mm512_mask_mov_epi32(k, _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q), _mm512_setzero_si512());
   return _mm512_cvtepi32_epi8(k);
 }
 #endif
