@@ -7,6 +7,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define OPTCORE_Q8_AVX512 1
+#endif
 
 #include "cpu/update_executor.h"
 #include "optcore/dtypes.h"
@@ -76,6 +80,74 @@ void run_chunk(const Rule<typename StorageTraits<T>::Math>& rule, T* theta_ptr,
 // from its tile: an 8-bit state with the new absmax of the block. The tiles
 // stay in L1. The native path above never comes here.
 
+#if defined(OPTCORE_Q8_AVX512)
+// The 8-bit codec 16 lanes at a time (avx512 build only; the other builds and
+// float64 tiles use the scalar q8_encode_bucketed / q8_decode). The encoder
+// is q8_encode_bucketed with its lookups merged into one gather: a bucket (the
+// top 16 bits of y) holds at most one midpoint, which then shares those 16
+// bits with y, so "y above the bucket's next midpoint" is a test on y's low 16
+// bits v (flipped for negative y, whose order runs the other way) against the
+// midpoint's m: entry = (index of the bucket's smallest value << 16) |
+// (0xffff - m), 0 where no midpoint lies in the bucket, and (entry + v) >> 16
+// carries the "+1" exactly when v > m. |y| < 2^-24 and |y| >= 2 clamp onto
+// one extra entry each per sign (the tiny index; 255 / 0), NaN is set to 0.
+// Equal to q8_encode_bucketed, and so q8_encode, for every float32 (checked
+// over all 2^32 floats when this was written).
+struct Q8Table32 {
+  static constexpr uint32_t kLo = (Q8EncodeTable::kMinExponent << 7) - 1;  // top 15 bits of |y|, tiny
+  static constexpr uint32_t kHi = 128u << 7;                              // |y| >= 2
+  static constexpr uint32_t kSignStride = 4096;
+  static_assert(kHi - kLo < kSignStride, "one sign's entries fit the stride");
+  uint32_t entry[2 * kSignStride];
+  bool exact;
+};
+
+Q8Table32 build_q8_table32(bool is_signed) {
+  Q8Table32 t{};
+  const Q8EncodeTable& base = q8_encode_table(is_signed);
+  t.exact = base.exact;
+  for (uint32_t sign = 0; sign < 2; ++sign) {
+    uint32_t* row = t.entry + sign * Q8Table32::kSignStride;
+    row[0] = uint32_t(base.tiny) << 16;
+    row[Q8Table32::kHi - Q8Table32::kLo] = (sign ? 0u : 255u) << 16;
+    for (uint32_t b = 0; b < Q8EncodeTable::kBuckets; ++b) {
+      const uint32_t top = (sign << 15) | ((Q8EncodeTable::kMinExponent + (b >> 7)) << 7) | (b & 0x7f);
+      const uint32_t k = base.base[sign][b];
+      uint32_t add = 0;
+      if (k < 255) {
+        const uint32_t m = float_to_bits(base.next_midpoint[k]);
+        if ((m >> 16) == top) add = 0xffffu - ((m & 0xffffu) ^ (sign ? 0xffffu : 0u));
+      }
+      row[(top & 0x7fffu) - Q8Table32::kLo] = (k << 16) | add;
+    }
+  }
+  return t;
+}
+
+const Q8Table32& q8_table32(bool is_signed) {
+  static const Q8Table32 s = build_q8_table32(true);
+  static const Q8Table32 u = build_q8_table32(false);
+  return is_signed ? s : u;
+}
+
+inline __m128i q8_encode16(__m512 y, const Q8Table32& t) {
+  const __m512i u = _mm512_castps_si512(y);
+  const __m512i top = _mm512_srli_epi32(u, 16);
+  __m512i mag = _mm512_and_si512(top, _mm512_set1_epi32(0x7fff));
+  mag = _mm512_min_epu32(_mm512_max_epu32(mag, _mm512_set1_epi32(int(Q8Table32::kLo))),
+                         _mm512_set1_epi32(int(Q8Table32::kHi)));
+  const __m512i sign_offset = _mm512_and_si512(_mm512_srli_epi32(u, 19), _mm512_set1_epi32(int(Q8Table32::kSignStride)));
+  const __m512i idx = _mm512_add_epi32(mag, sign_offset);
+  const int* base = reinterpret_cast<const int*>(reinterpret_cast<uintptr_t>(t.entry) - uintptr_t(Q8Table32::kLo) * 4u);
+  const __m512i ent = _mm512_i32gather_epi32(idx, base, 4);
+  // v = low 16 bits of y, flipped for negative y
+  const __m512i v = _mm512_ternarylogic_epi32(u, _mm512_srai_epi32(u, 31), _mm512_set1_epi32(0xffff), 0x28);
+  __m512i k = _mm512_srli_epi32(_mm512_add_epi32(ent, v), 16);
+  k = _mm512_mask_mov_epi32(k, _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q), _mm512_setzero_si512());
+  return _mm512_cvtepi32_epi8(k);
+}
+#endif
+
 // Decode n values of state stream k, block `block` (first element `begin`).
 template <class M, class S>
 void load_state_tile(const PlanTensor& t, int k, int64_t begin, int64_t n, M* __restrict tile) {
@@ -95,7 +167,17 @@ void load_state_tile(const PlanTensor& t, int k, int64_t begin, int64_t n, M* __
       const float* code = q8_code(t.state_format[k] == int32_t(StateFormat::Q8Signed));
       const uint8_t* __restrict p = static_cast<const uint8_t*>(t.states[k]) + begin;
       const float absmax = static_cast<const float*>(t.absmax[k])[begin >> t.block_shift];
-      for (int64_t i = 0; i < n; ++i) tile[i] = M(q8_decode(p[i], code, absmax));
+      int64_t i = 0;
+#if defined(OPTCORE_Q8_AVX512)
+      if constexpr (std::is_same_v<M, float>) {
+        const __m512 scale = _mm512_set1_ps(absmax);
+        for (; i + 16 <= n; i += 16) {
+          const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
+          _mm512_storeu_ps(tile + i, _mm512_mul_ps(_mm512_i32gather_ps(idx, code, 4), scale));
+        }
+      }
+#endif
+      for (; i < n; ++i) tile[i] = M(q8_decode(p[i], code, absmax));
       break;
     }
   }
@@ -123,8 +205,33 @@ void store_state_tile(const PlanTensor& t, int k, int64_t begin, int64_t n, cons
     }
     case StateFormat::Q8Signed:
     case StateFormat::Q8Unsigned: {
-      const Q8EncodeTable& table = q8_encode_table(t.state_format[k] == int32_t(StateFormat::Q8Signed));
+      const bool is_signed = t.state_format[k] == int32_t(StateFormat::Q8Signed);
+      const Q8EncodeTable& table = q8_encode_table(is_signed);
       uint8_t* __restrict p = static_cast<uint8_t*>(t.states[k]) + begin;
+#if defined(OPTCORE_Q8_AVX512)
+      if constexpr (std::is_same_v<M, float>) {
+        const Q8Table32& t32 = q8_table32(is_signed);
+        if (t32.exact) {
+          __m512 run = _mm512_setzero_ps();
+          int64_t i = 0;
+          // max(|x|, running): a NaN |x| leaves the running maximum (vmaxps returns its second operand)
+          for (; i + 16 <= n; i += 16) run = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(tile + i)), run);
+          alignas(64) float lane[16];
+          _mm512_store_ps(lane, run);
+          float absmax = 0.0f;
+          for (int l = 0; l < 16; ++l) absmax = absmax_fold(absmax, lane[l]);
+          for (; i < n; ++i) absmax = absmax_fold(absmax, tile[i]);
+          const float inv = q8_inverse_scale(absmax);
+          const __m512 vinv = _mm512_set1_ps(inv);
+          int64_t j = 0;
+          for (; j + 16 <= n; j += 16)
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(p + j), q8_encode16(_mm512_mul_ps(_mm512_loadu_ps(tile + j), vinv), t32));
+          for (; j < n; ++j) p[j] = q8_encode_bucketed(tile[j] * inv, table);
+          static_cast<float*>(t.absmax[k])[begin >> t.block_shift] = absmax;
+          break;
+        }
+      }
+#endif
       // The maximum over 16 lanes, then across them: the same value in any order (a max
       // is exact), without a serial dependence through one accumulator.
       constexpr int kLanes = 16;
