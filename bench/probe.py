@@ -25,7 +25,8 @@ def _as_streams(streams: Sequence[Any]) -> List[List[Any]]:
     return [list(s) if isinstance(s, (list, tuple)) else [s] for s in streams]
 
 
-def bandwidth_probe_fn(reads: Sequence[Any], writes: Sequence[Any], *, threads: int = 0) -> Callable[[], None]:
+def bandwidth_probe_fn(reads: Sequence[Any], writes: Sequence[Any], *, threads: int = 0,
+                       narrow: Sequence[Any] = ()) -> Callable[[], None]:
     """A callable that streams ``reads`` and ``writes`` once, purely memory bound.
 
     Each stream is an array or a list of arrays (one per tensor; same sizes in
@@ -33,15 +34,20 @@ def bandwidth_probe_fn(reads: Sequence[Any], writes: Sequence[Any], *, threads: 
     optimizer's parameters and state are. CPU: ``optcore._core.BandwidthProbe``
     (the executor's chunking and OpenMP schedule). CUDA: ``optcore._cuda``'s
     probe kernel when built. Each call writes mean(reads) into every write stream.
+    ``narrow`` (CPU only): in-place streams of uint8 or uint16 arrays, the 1- and 2-byte
+    state of an int8 or bfloat16-state optimizer, walked in the same loop.
     """
-    r, w = _as_streams(reads), _as_streams(writes)
+    r, w, nw = _as_streams(reads), _as_streams(writes), _as_streams(narrow)
     first = (r or w)[0][0]
     if _is_cuda_array(first):
+        if nw:
+            raise ValueError("narrow: the CUDA probe has no narrow streams")
         return _cuda_probe_fn(r, w)
     from optcore import _core
     arrays_r = [[_to_numpy_view(a) for a in s] for s in r]
     arrays_w = [[_to_numpy_view(a) for a in s] for s in w]
-    probe = _core.BandwidthProbe(arrays_r, arrays_w)
+    arrays_n = [[_to_numpy_view(a) for a in s] for s in nw]
+    probe = _core.BandwidthProbe(arrays_r, arrays_w, narrow=arrays_n)
     return lambda: probe.run(threads)
 
 

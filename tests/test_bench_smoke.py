@@ -65,6 +65,51 @@ def test_probe_rejects_bad_input_before_writing():
         _core.BandwidthProbe([[a, [1.0]]], [[a, a]])
 
 
+@pytest.mark.parametrize("code", [np.uint8, np.uint16])
+@pytest.mark.parametrize("n_narrow", [1, 2, 3])
+@pytest.mark.parametrize("sizes", [[0], [1], [37, 4099], [70001]])
+def test_probe_narrow_streams_walk_every_element(rng, code, n_narrow, sizes):
+    # The low-precision rows' probe: θ, g float32 (θ in place) plus 1- or 2-byte in-place
+    # streams; every narrow element comes back incremented (wrapping), every θ the mean.
+    theta = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    g = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    want = [(t.astype(np.float64) + gg) / 2 for t, gg in zip(theta, g)]
+    top = np.iinfo(code).max
+    narrow = [[rng.integers(0, top, n, endpoint=True).astype(code) for n in sizes]
+              for _ in range(n_narrow)]
+    before = [[a.copy() for a in s] for s in narrow]
+    probe = _core.BandwidthProbe([theta, g], [theta], narrow=narrow)
+    probe.run()
+    for t, w in zip(theta, want):
+        np.testing.assert_allclose(t, w, rtol=1e-6, atol=1e-6)
+    for s, b in zip(narrow, before):
+        for a, a0 in zip(s, b):
+            np.testing.assert_array_equal(a, (a0.astype(np.int64) + 1) % (top + 1))
+    width = np.dtype(code).itemsize
+    assert probe.bytes == sum(sizes) * (4 * 3 + 2 * width * n_narrow)
+
+
+def test_probe_narrow_rejects_bad_input():
+    a = np.zeros(8, np.float32)
+    n8 = np.zeros(8, np.uint8)
+    with pytest.raises(TypeError, match=r"narrow\[0\]\[0\].*uint8 or uint16"):
+        _core.BandwidthProbe([a], [a], narrow=[np.zeros(8, np.int8)])
+    with pytest.raises(TypeError, match=r"narrow\[1\]\[0\].*same dtype"):
+        _core.BandwidthProbe([a], [a], narrow=[n8, np.zeros(8, np.uint16)])
+    with pytest.raises(TypeError, match=r"narrow\[0\]\[0\].*float32 streams only"):
+        _core.BandwidthProbe([np.zeros(8)], [np.zeros(8)], narrow=[n8])
+    with pytest.raises(ValueError, match=r"narrow\[0\]\[0\].*elements"):
+        _core.BandwidthProbe([a], [a], narrow=[np.zeros(9, np.uint8)])
+    with pytest.raises(ValueError, match="narrow: with narrow streams"):
+        _core.BandwidthProbe([a], [], narrow=[n8])
+    with pytest.raises(ValueError, match="narrow: with narrow streams"):
+        _core.BandwidthProbe([a], [a], narrow=[n8] * 4)
+    ro = np.zeros(8, np.uint8)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"narrow\[0\]\[0\].*read-only"):
+        _core.BandwidthProbe([a], [a], narrow=[ro])
+
+
 # ---------------------------------------------------------------- harness
 def test_timing_quantiles_and_measure():
     t = harness.timing_from_samples([5.0, 1.0, 2.0, 3.0, 4.0])

@@ -122,6 +122,48 @@ inline void probe_sink_store(double v) { probe_sink.store(v, std::memory_order_r
       probe_sink_store(static_cast<double>(sum));                                        \
     }                                                                                    \
   }                                                                                      \
+  /* Float streams plus n_narrow in-place narrow streams (uint8 or uint16 codes), one  \
+     loop over all of them as an int8/bfloat16-state optimizer walks its arrays. Each  \
+     narrow element is read and written back incremented (wrapping), so its value never \
+     matters. */                                                                         \
+  template <int NR, int NW, typename S, int NN>                                          \
+  void probe_mixed(const void* const* ptrs, int64_t off, int64_t n) {                    \
+    const float* r[NR];                                                                  \
+    float* w[NW];                                                                        \
+    S* s[NN];                                                                            \
+    for (int k = 0; k < NR; ++k) r[k] = static_cast<const float*>(ptrs[k]) + off;        \
+    for (int k = 0; k < NW; ++k) w[k] = static_cast<float*>(const_cast<void*>(ptrs[NR + k])) + off; \
+    for (int k = 0; k < NN; ++k) s[k] = static_cast<S*>(const_cast<void*>(ptrs[NR + NW + k])) + off; \
+    const float scale = 1.0f / float(NR);                                                \
+    _Pragma("GCC ivdep")                                                                 \
+    for (int64_t j = 0; j < n; ++j) {                                                    \
+      float acc = 0.0f;                                                                  \
+      for (int k = 0; k < NR; ++k) acc += r[k][j];                                       \
+      for (int k = 0; k < NW; ++k) w[k][j] = acc * scale;                                \
+      for (int k = 0; k < NN; ++k) s[k][j] = static_cast<S>(s[k][j] + 1u);               \
+    }                                                                                    \
+  }                                                                                      \
+  template <int NR, int NW, typename S>                                                  \
+  bool probe_mixed_nn(const void* const* p, int nn, int64_t off, int64_t n) {            \
+    switch (nn) {                                                                        \
+      case 1: probe_mixed<NR, NW, S, 1>(p, off, n); return true;                         \
+      case 2: probe_mixed<NR, NW, S, 2>(p, off, n); return true;                         \
+      case 3: probe_mixed<NR, NW, S, 3>(p, off, n); return true;                         \
+      default: return false;                                                             \
+    }                                                                                    \
+  }                                                                                      \
+  template <typename S>                                                                  \
+  bool probe_mixed_dispatch(const void* const* p, int nr, int nw, int nn, int64_t off,   \
+                            int64_t n) {                                                 \
+    switch (nr * 4 + nw) {                                                               \
+      case 1 * 4 + 1: return probe_mixed_nn<1, 1, S>(p, nn, off, n);                     \
+      case 2 * 4 + 1: return probe_mixed_nn<2, 1, S>(p, nn, off, n);                     \
+      case 3 * 4 + 1: return probe_mixed_nn<3, 1, S>(p, nn, off, n);                     \
+      case 2 * 4 + 2: return probe_mixed_nn<2, 2, S>(p, nn, off, n);                     \
+      case 3 * 4 + 2: return probe_mixed_nn<3, 2, S>(p, nn, off, n);                     \
+      default: return false;                                                             \
+    }                                                                                    \
+  }                                                                                      \
   template <typename T>                                                                  \
   void probe_chunk(const void* const* ptrs, int n_reads, int n_writes, int64_t begin,    \
                    int64_t length) {                                                     \
@@ -133,7 +175,13 @@ inline void probe_sink_store(double v) { probe_sink.store(v, std::memory_order_r
     for (int64_t c = 0; c < L.chunk_count; ++c) {                                        \
       const ProbeChunk& ch = L.chunks[c];                                                \
       const void* const* p = L.pointers + L.tensors[ch.tensor].first_pointer;            \
-      if (L.dtype == 1)                                                                  \
+      if (L.n_narrow > 0) {                                                              \
+        /* the binding admits only the stream counts dispatched here */                 \
+        if (L.narrow_bytes == 1)                                                         \
+          probe_mixed_dispatch<uint8_t>(p, L.n_reads, L.n_writes, L.n_narrow, ch.begin, ch.length); \
+        else                                                                             \
+          probe_mixed_dispatch<uint16_t>(p, L.n_reads, L.n_writes, L.n_narrow, ch.begin, ch.length); \
+      } else if (L.dtype == 1)                                                           \
         probe_chunk<double>(p, L.n_reads, L.n_writes, ch.begin, ch.length);              \
       else                                                                               \
         probe_chunk<float>(p, L.n_reads, L.n_writes, ch.begin, ch.length);               \

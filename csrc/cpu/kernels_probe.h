@@ -33,6 +33,11 @@ struct ProbeLaunch {
   int n_writes;
   int dtype;  // 0 float32, 1 float64
   int threads;
+  // Optional narrow in-place streams after the writes (the 1- and 2-byte state of
+  // low-precision optimizers): n_narrow pointers per tensor of narrow_bytes (1 or 2)
+  // per element, each read and written once per element. float32 only.
+  int n_narrow;
+  int narrow_bytes;
 };
 
 void run_probe(const ProbeLaunch& launch);
