@@ -4,7 +4,7 @@ hyper-parameters mapped onto the native class that runs the same update."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -14,8 +14,11 @@ from ._adapter import _Adapter
 from ._tensors import _scalar
 
 
-def _precision(options: Dict[str, Any]) -> Dict[str, Any]:
+def _precision(state_dtype: Any, stochastic_rounding: Optional[bool], seed: Optional[int],
+               block_size: Optional[int]) -> Dict[str, Any]:
     """The state-precision keyword arguments that were given (defaults left out)."""
+    options = dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
+                   stochastic_rounding=stochastic_rounding)
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -37,8 +40,7 @@ class SGD(_Adapter):
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize, foreach=foreach,
                                       differentiable=differentiable, fused=fused),
-                         _precision(dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
-                                         stochastic_rounding=stochastic_rounding)))
+                         _precision(state_dtype, stochastic_rounding, seed, block_size))
 
     def _native(self, group):
         lr = _scalar(group["lr"])
@@ -60,8 +62,7 @@ class Adam(_Adapter):
                                       amsgrad=amsgrad, foreach=foreach, maximize=maximize,
                                       capturable=capturable, differentiable=differentiable,
                                       fused=fused, decoupled_weight_decay=decoupled_weight_decay),
-                         _precision(dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
-                                         stochastic_rounding=stochastic_rounding)))
+                         _precision(state_dtype, stochastic_rounding, seed, block_size))
 
     def _native(self, group):
         b1, b2 = group["betas"]
@@ -81,8 +82,7 @@ class Adagrad(_Adapter):
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, foreach=foreach, maximize=maximize,
                                       differentiable=differentiable, fused=fused),
-                         _precision(dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
-                                         stochastic_rounding=stochastic_rounding)))
+                         _precision(state_dtype, stochastic_rounding, seed, block_size))
 
     def _native(self, group):
         return _optim.AdaGrad, dict(lr=_scalar(group["lr"]), eps=group["eps"],
@@ -108,8 +108,7 @@ class RMSprop(_Adapter):
                                       momentum=momentum, centered=centered,
                                       capturable=capturable, foreach=foreach, maximize=maximize,
                                       differentiable=differentiable),
-                         _precision(dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
-                                         stochastic_rounding=stochastic_rounding)))
+                         _precision(state_dtype, stochastic_rounding, seed, block_size))
 
     def _native(self, group):
         return _optim.RMSProp, dict(lr=_scalar(group["lr"]), rho=group["alpha"], eps=group["eps"],
@@ -126,8 +125,7 @@ class Adadelta(_Adapter):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       foreach=foreach, capturable=capturable, maximize=maximize,
                                       differentiable=differentiable),
-                         _precision(dict(state_dtype=state_dtype, seed=seed, block_size=block_size,
-                                         stochastic_rounding=stochastic_rounding)))
+                         _precision(state_dtype, stochastic_rounding, seed, block_size))
 
     def _native(self, group):
         return _optim.AdaDelta, dict(lr=_scalar(group["lr"]), rho=group["rho"], eps=group["eps"],
