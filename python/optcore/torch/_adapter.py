@@ -1,0 +1,365 @@
+"""The adapter every optcore.torch class but LBFGS derives from: a ``torch.optim.Optimizer``
+whose step runs native optcore optimizers over the parameters' own storage. It tracks
+the parameters with a grad and their storage, re-plans when either changes (carrying the
+state over under torch's names), checks each step's gradients in one C++ gather pass
+(``_core.TensorGather``) and steps outside torch's hook wrapper when no hook is set."""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .. import _core
+from ..optim import registry as _registry
+from ._compile import _register
+from ._state import _carry_state
+from ._tensors import _DTENSOR, _FLOAT_DTYPES, _Inner, _NoGather, _all_reduce_over, _local, _scalar
+
+
+class _optimizer_hooks:  # torch.optim's global step hooks (dicts that stay the same objects)
+    from torch.optim.optimizer import (  # noqa: E402
+        _global_optimizer_post_hooks as post, _global_optimizer_pre_hooks as pre)
+
+
+class _Adapter(torch.optim.Optimizer):
+    """Shared machinery: native optcore optimizers over the same storage, re-planned
+    whenever the set of parameters with gradients or their storage changes."""
+
+    #: training-loop options of the native classes (book-rule classes only)
+    _option_names = ("max_grad_norm", "average", "average_decay", "master_weights",
+                     "state_dtype", "stochastic_rounding", "seed", "block_size")
+    #: the state-precision options, which the torch.optim-named classes take too
+    _precision_names = ("state_dtype", "stochastic_rounding", "seed", "block_size")
+
+    def __init__(self, params: Any, defaults: Dict[str, Any],
+                 options: Optional[Dict[str, Any]] = None):
+        options = dict(options or {})
+        unknown = set(options) - set(self._option_names)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown argument(s) {sorted(unknown)}")
+        if defaults.get("differentiable"):
+            raise ValueError(f"{type(self).__name__}: differentiable=True is not supported: "
+                             "optcore's fused kernels update in place outside autograd; use "
+                             "torch.optim for a differentiable optimizer step")
+        self._options = options
+        self._inners: List[_Inner] = []
+        self._key: Optional[Tuple] = None
+        self._gather: Any = None  # _core.TensorGather over the current plan, None to re-plan
+        self._written: List[Any] = []  # each native optimizer's written Intervals at that plan
+        self._handle = _register(self)  # how the torch.compile custom op finds this optimizer
+        super().__init__(params, defaults)
+        for gi, group in enumerate(self.param_groups):
+            self._check_group(group, gi)
+        self._param_lists = [g["params"] for g in self.param_groups]
+
+    # -- subclass hook
+    def _native(self, group: Dict[str, Any]) -> Tuple[type, Dict[str, Any]]:
+        """The native class and hyper-parameters for a torch param group."""
+        raise NotImplementedError
+
+    def _initial_state(self, p: torch.Tensor, group: Dict[str, Any]) -> Dict[str, Any]:
+        """State torch.optim creates before the first step (Adagrad's ``sum``), if any."""
+        return {}
+
+    # -- torch.optim hooks
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "_inners"):
+            self._check_group(self.param_groups[-1], len(self.param_groups) - 1)
+        self._key = None
+        self._gather = None
+        self._param_lists = [g["params"] for g in self.param_groups]
+
+    def _check_group(self, group: Dict[str, Any], gi: int) -> None:
+        """Range checks of a group's hyper-parameters, as torch.optim does at construction."""
+        if group.get("differentiable"):
+            raise ValueError(f"param_groups[{gi}]['differentiable']: True is not supported")
+        cls, hyper = self._native(group)
+        # The probe has the group's dtype: stochastic rounding is checked against it.
+        dtypes = [p.dtype for p in group["params"] if p.dtype in _FLOAT_DTYPES]
+        probe = torch.zeros(1, dtype=torch.bfloat16 if torch.bfloat16 in dtypes else
+                            (dtypes[0] if dtypes else torch.float32))
+        cls([{"params": [probe], **hyper}], **self._options)
+        for p in group["params"]:
+            if p not in self.state or not self.state[p]:
+                init = self._initial_state(p, group)
+                if init:
+                    self.state[p] = init
+
+    # -- internals
+    def _name(self, p: torch.Tensor) -> str:
+        """``param_groups[g]['params'][i]`` of ``p`` (a table rebuilt when the groups'
+        lists change, so naming every parameter of a re-plan stays linear)."""
+        key = tuple((id(g["params"]), len(g["params"])) for g in self.param_groups)
+        cached = self.__dict__.get("_names")
+        if cached is None or cached[0] != key:
+            cached = (key, {id(q): f"param_groups[{gi}]['params'][{i}]"
+                            for gi, group in enumerate(self.param_groups)
+                            for i, q in enumerate(group["params"])})
+            self._names = cached
+        name = cached[1].get(id(p))
+        if name is not None and self._named(name) is p:
+            return name
+        for gi, group in enumerate(self.param_groups):  # a list edited in place
+            for i, q in enumerate(group["params"]):
+                if q is p:
+                    return f"param_groups[{gi}]['params'][{i}]"
+        return "a parameter"
+
+    def _named(self, name: str) -> Any:
+        gi, i = (int(x) for x in name[len("param_groups["):-1].split("]['params']["))
+        return self.param_groups[gi]["params"][i]
+
+    def _torch_names(self, message: str, inner: "_Inner") -> str:
+        """A native optimizer's message with its ``grads[i]`` / ``params[i]`` (positions in
+        its own flat order) replaced by the torch names of those parameters."""
+        flat = [p for _, ps in inner.groups for p in ps]
+
+        def name(match: "re.Match[str]") -> str:
+            i = int(match.group(2))
+            where = self._name(flat[i]) if i < len(flat) else match.group(0)
+            return where if match.group(1) == "params" else f"the grad of {where}"
+        return re.sub(r"\b(grads|params)\[(\d+)\]", name, message)
+
+    def _check_param(self, p: torch.Tensor) -> None:
+        g = p.grad
+        if g.is_sparse or g.layout != torch.strided:
+            raise RuntimeError(f"{self._name(p)}: sparse gradients are not supported "
+                               f"(layout {g.layout})")
+        if p.is_complex() or g.is_complex():
+            raise TypeError(f"{self._name(p)}: complex parameters and gradients are not "
+                            "supported (optcore's rules are real)")
+        if p.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{self._name(p)}: dtype {p.dtype} is not supported")
+        if g.dtype != p.dtype or g.device != p.device or g.shape != p.shape:
+            raise ValueError(f"{self._name(p)}: its grad is {g.dtype} {tuple(g.shape)} on "
+                             f"{g.device}, the parameter {p.dtype} {tuple(p.shape)} on {p.device}")
+        if not _local(p).is_contiguous() or not _local(g).is_contiguous():
+            raise ValueError(f"{self._name(p)}: the parameter and its grad must be contiguous")
+
+    def _live(self) -> Tuple[List[List[torch.Tensor]], Tuple]:
+        """Parameters with a grad, per group, and the key of their storage."""
+        with_grad = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+        key = tuple((id(p), _local(p).data_ptr()) for params in with_grad for p in params)
+        return with_grad, key
+
+    def _plan(self, with_grad: List[List[torch.Tensor]]) -> None:
+        """Native optimizers over ``with_grad``, the state carried over from ``self.state``."""
+        first_device = None
+        for params in with_grad:
+            for p in params:
+                self._check_param(p)
+                if first_device is None:
+                    first_device, first = p.device, p
+                elif p.device != first_device:
+                    raise ValueError(f"{self._name(p)}: on {p.device}, but {self._name(first)} "
+                                     f"is on {first_device}; one optimizer steps one device")
+        # One native group per (torch group, step count): Adam's bias correction and SGD's
+        # first undamped step follow each parameter's own count, as in torch.
+        by_class: Dict[type, List[Tuple[int, int, List[torch.Tensor], Dict[str, Any]]]] = {}
+        for gi, params in enumerate(with_grad):
+            if not params:
+                continue
+            cls, hyper = self._native(self.param_groups[gi])
+            by_step: Dict[int, List[torch.Tensor]] = {}
+            for p in params:
+                step = self.state.get(p, {}).get("step", 0)
+                by_step.setdefault(int(_scalar(step)), []).append(p)
+            for step, ps in by_step.items():
+                by_class.setdefault(cls, []).append((gi, step, ps, hyper))
+        inners = []
+        for cls, entries in by_class.items():
+            groups = [{"params": [_local(p).detach() for p in ps], **hyper}
+                      for _, _, ps, hyper in entries]
+            native = cls(groups, **self._options)
+            mesh_groups = {id(p.device_mesh): p.device_mesh for _, _, ps, _ in entries for p in ps
+                           if _DTENSOR is not None and isinstance(p, _DTENSOR)}
+            if mesh_groups:
+                native._reduce_sum_squares = _all_reduce_over(list(mesh_groups.values()))
+            steps = []
+            index = 0
+            for k, (gi, step, ps, _) in enumerate(entries):
+                native._steps[k] = step
+                step_tensor = torch.tensor(float(step))
+                steps.append(step_tensor)
+                torch_names = _registry.torch_state_names(native.rule_for(native.param_groups[k]))
+                for p in ps:
+                    live = native._state_bufs[index]
+                    old = self.state.get(p, {})
+                    state = {}
+                    for name, buf in live.items():
+                        tname = torch_names.get(name, name)
+                        saved = old.get(tname)
+                        absmax = native._absmax_bufs[index].get(name)
+                        if isinstance(saved, torch.Tensor):
+                            if saved.numel() != buf.numel():
+                                raise ValueError(f"{self._name(p)}: saved state '{tname}' has "
+                                                 f"{saved.numel()} elements, expected "
+                                                 f"{buf.numel()}")
+                            _carry_state(native, k, name, buf, absmax, saved,
+                                         old.get(tname + "_absmax"), f"{self._name(p)}: '{tname}'")
+                        state[tname] = buf.view(_local(p).shape)
+                        if absmax is not None:
+                            state[tname + "_absmax"] = absmax
+                    state["step"] = step_tensor
+                    self.state[p] = state
+                    index += 1
+            inners.append(_Inner(native, [(gi, ps) for gi, _, ps, _ in entries], steps))
+        self._inners = inners
+        # The per-step check: one C++ pass over every parameter (see bind_tensor_gather.cpp).
+        flat = [p for g in self.param_groups for p in g["params"]]
+        position = {id(p): i for i, p in enumerate(flat)}
+        planned = {id(p) for params in with_grad for p in params}
+        for inner in inners:
+            inner.index = np.array([position[id(p)] for _, ps in inner.groups for p in ps],
+                                   dtype=np.intp)
+        for inner in inners:
+            if len(inner.index) == len(flat) and \
+                    bool(np.array_equal(inner.index, np.arange(len(flat)))):
+                inner.index = None  # every parameter, in order: no gather of the pointers
+        self._written = [inner.native._written for inner in inners]
+        if _DTENSOR is not None and any(isinstance(p, _DTENSOR) for p in flat):
+            self._gather = _NoGather()  # DTensor: the Python path reads the local shards
+            return
+        # Every buffer the step writes, over all the native optimizers, sorted: the
+        # gradients are checked against them in the gather pass, and no two may overlap
+        # (parameters sharing memory across native optimizers are refused here).
+        spans = sorted((int(a), int(b), name) for w in self._written
+                       for a, b, name in zip(w.starts, w.ends, w.names))
+        for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise ValueError(f"{bn} overlaps {an} in memory; every parameter must be a "
+                                 "separate buffer that optcore can update in place")
+        self._gather = _core.TensorGather(
+            flat, [p.data_ptr() for p in flat], [id(p) in planned for p in flat],
+            [p.numel() * p.element_size() if id(p) in planned else 0 for p in flat],
+            [a for a, _, _ in spans], [b for _, b, _ in spans])
+
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One update from ``p.grad``; ``closure`` re-evaluates the loss as in torch.optim.
+
+        Step hooks (global and per optimizer) and the profiler's
+        ``Optimizer.step#<class>.step`` range run as in torch.optim, through torch's own
+        wrapper whenever a hook is registered, the profiler is on or torch.compile is
+        tracing; otherwise the step skips that wrapper (about 20 µs of host time)."""
+        if (_optimizer_hooks.pre or _optimizer_hooks.post or self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks or torch.compiler.is_compiling()
+                or torch._C._autograd._profiler_enabled()):
+            return self._hooked_step(closure)
+        return self._unhooked_step(closure)
+
+    # torch.optim wraps an optimizer's step once per class unless it is marked hooked.
+    step.hooked = True  # type: ignore[attr-defined]
+    # lr schedulers wrap an optimizer's step to note that it was called; that wrapper lives in
+    # a file torch.compile will not trace. This step notes it itself (_opt_called below).
+    step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+
+    def _unhooked_step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        loss = None
+        self._opt_called = True  # what an lr scheduler's step wrapper would record (see above)
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if torch.compiler.is_compiling():
+            # Under torch.compile the step is one opaque custom op (fake: no-op); it reads the
+            # hyper-parameters when it runs, so an lr scheduler causes no recompile.
+            # The group dicts are not read here: dynamo would guard on their values (lr).
+            with torch.no_grad():
+                params = [p for ps in self._param_lists for p in ps if p.grad is not None]
+                torch.ops.optcore.torch_step(self._handle, params, [p.grad for p in params])
+            return loss
+        self._eager_step()
+        return loss
+
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_unhooked_step)
+
+    def _eager_step(self) -> None:
+        gather = self._gather
+        ptrs = None
+        if gather is not None and all(inner.native._written is w
+                                      for inner, w in zip(self._inners, self._written)):
+            ptrs = gather.gather()
+        if ptrs is None:
+            # Something changed (a grad appeared or went, storage was rebound, a group was
+            # added, a native optimizer allocated a buffer), or a grad needs the named
+            # checks: re-plan when the set changed.
+            with_grad, key = self._live()
+            if key != self._key or gather is None or not all(
+                    inner.native._written is w for inner, w in zip(self._inners, self._written)):
+                self._key, self._gather = None, None
+                with torch.no_grad():
+                    self._plan(with_grad)
+                self._key = key
+                ptrs = self._gather.gather()
+        if not self._inners:
+            return
+        # Every gradient of every native optimizer is checked before any of them writes:
+        # by the gather pass (dtype, contiguity, storage, aliasing), else by name here.
+        checked = []
+        for inner in self._inners:
+            inner_ptrs = None if ptrs is None else ptrs if inner.index is None else ptrs[inner.index]
+            if inner_ptrs is None:
+                grads = [_local(p.grad) for _, ps in inner.groups for p in ps]
+                for _, ps in inner.groups:
+                    for p in ps:
+                        self._check_param(p)
+                try:
+                    inner_ptrs = inner.native._check_grads(grads)
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(self._torch_names(str(exc), inner)) from None
+            native = inner.native
+            for k, (gi, _) in enumerate(inner.groups):
+                native.param_groups[k].update(self._native(self.param_groups[gi])[1])
+            checked.append((inner, inner_ptrs, native._all_scalars()))
+        for inner, inner_ptrs, scalars in checked:
+            inner.native._step_checked(inner_ptrs, scalars)
+            for step_tensor, count in zip(inner.steps, inner.native._steps):
+                step_tensor.fill_(float(count))
+
+    def state_dict(self) -> Dict[str, Any]:
+        sd = super().state_dict()
+        # Copies of the live buffers, in new dicts: torch's packing shares each entry dict
+        # with self.state, whose views the next steps must keep updating.
+        sd["state"] = {i: {k: v.clone() if isinstance(v, torch.Tensor) else v
+                           for k, v in entry.items()}
+                       for i, entry in sd["state"].items()}
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state dict of this class or of the matching torch.optim class."""
+        for gi, group in enumerate(state_dict.get("param_groups", [])):
+            if group.get("differentiable"):
+                raise ValueError(f"state_dict: param_groups[{gi}]['differentiable'] is True, "
+                                 "which optcore does not support")
+        ids = [i for g in state_dict.get("param_groups", []) for i in g.get("params", [])]
+        by_id = dict(zip(ids, [p for g in self.param_groups for p in g["params"]]))
+        super().load_state_dict(state_dict)
+        # torch casts loaded state to the parameter's dtype; 8-bit codes (uint8) and their
+        # block maxima ("<name>_absmax", float32) keep theirs.
+        for pid, entry in state_dict.get("state", {}).items():
+            p = by_id.get(pid)
+            if p is None or p not in self.state:
+                continue
+            for k, v in entry.items():
+                if isinstance(v, torch.Tensor) and (v.dtype == torch.uint8 or
+                                                    str(k).endswith("_absmax")):
+                    self.state[p][k] = v.to(device=p.device)
+        for p, entry in list(self.state.items()):
+            self.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                             for k, v in entry.items()}
+        self._key, self._gather = None, None  # the next step re-plans over the loaded state
+        self._param_lists = [g["params"] for g in self.param_groups]
+
+    def averaged_params(self) -> List[torch.Tensor]:
+        return [a for inner in self._require_inner() for a in inner.native.averaged_params()]
+
+    @property
+    def skipped_steps(self) -> int:
+        return sum(inner.native.skipped_steps for inner in self._inners)
+
+    def _require_inner(self) -> List[_Inner]:
+        if not self._inners:
+            raise RuntimeError(f"{type(self).__name__}: no step has been taken yet")
+        return self._inners

@@ -1,0 +1,42 @@
+"""State translation: a saved state tensor (optcore's or torch.optim's, float or 8-bit
+codes) copied into a live buffer of whatever precision the optimizer keeps."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from .. import optim as _optim
+from ..optim import registry as _registry
+
+def _carry_state(native: _optim.Optimizer, gi: int, name: str, buf: torch.Tensor,
+                 absmax: Optional[torch.Tensor], saved: torch.Tensor,
+                 saved_absmax: Any, where: str) -> None:
+    """Copy a saved state tensor into a live buffer: 8-bit codes (uint8, with their
+    ``<name>_absmax``) as they are into an 8-bit state, else dequantised; float values
+    rounded into a bfloat16 state or quantised into an 8-bit one."""
+    from .. import quantize as Q
+    code = _registry.state_code(native.rule_for(native.param_groups[gi]), name)
+    block = native.block_size
+    if saved.dtype == torch.uint8:
+        if not isinstance(saved_absmax, torch.Tensor) or code is None \
+                or saved_absmax.numel() != Q.block_count(saved.numel(), block):
+            raise ValueError(f"{where}: 8-bit codes need their '_absmax' tensor of "
+                             f"{Q.block_count(saved.numel(), block)} blocks of {block}")
+        if absmax is not None:
+            buf.copy_(saved.reshape(buf.shape))
+            absmax.copy_(saved_absmax.reshape(-1).to(absmax.device, torch.float32))
+            return
+        values = Q.dequantize_blockwise(saved.detach().cpu().contiguous().reshape(-1).numpy(),
+                                        saved_absmax.detach().cpu().float().contiguous().numpy(),
+                                        block, code == "signed")
+        buf.copy_(torch.from_numpy(values).reshape(buf.shape))
+        return
+    if absmax is not None:
+        codes, amax = Q.quantize_blockwise(
+            saved.detach().cpu().float().contiguous().reshape(-1).numpy(), block,
+            code == "signed")
+        buf.copy_(torch.from_numpy(codes).reshape(buf.shape))
+        absmax.copy_(torch.from_numpy(amax))
+        return
+    buf.copy_(saved.reshape(buf.shape).to(buf.dtype))

@@ -1,0 +1,69 @@
+"""What every part of optcore.torch shares about torch tensors: the float dtypes the
+kernels take, DTensor local shards, tensor hyper-parameters as numbers, the record of
+one native optimizer inside an adapter, and the cross-rank Σg² for DTensor clipping."""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .. import optim as _optim
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _dtensor_type() -> Optional[type]:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return None
+    return DTensor
+
+
+_DTENSOR = _dtensor_type()
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2's sharded parameters and grads), else ``t``:
+    the update is element-wise, so each rank steps the shard it holds."""
+    if _DTENSOR is not None and isinstance(t, _DTENSOR):
+        return t.to_local()
+    return t
+
+
+def _scalar(value: Any) -> Any:
+    """A tensor hyper-parameter (torch allows a tensor lr) as a Python number."""
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+class _Inner:
+    """One native optimizer over a subset of the torch groups' parameters."""
+
+    def __init__(self, native: _optim.Optimizer, groups: List[Tuple[int, List[torch.Tensor]]],
+                 steps: List[torch.Tensor]):
+        self.native = native
+        self.groups = groups  # (torch group index, params) per native group
+        self.steps = steps    # the shared step tensor of each native group
+        self.index = np.zeros(0, dtype=np.intp)  # positions of its params in the gather order
+
+
+class _NoGather:
+    """Stands in for _core.TensorGather where the C++ pass cannot read the storage (DTensor)."""
+
+    @staticmethod
+    def gather() -> None:
+        return None
+
+
+def _all_reduce_over(meshes: List[Any]) -> Callable[[float], float]:
+    """Σg² of the local shards summed over every rank of the meshes' groups (the global
+    norm that max_grad_norm clips by, as torch's clip_grad_norm_ computes it for DTensors)."""
+    def reduce(total: float) -> float:
+        import torch.distributed as dist
+        value = torch.tensor([total], dtype=torch.float64)
+        for mesh in meshes:
+            for dim in range(mesh.ndim):
+                dist.all_reduce(value, group=mesh.get_group(dim))
+        return float(value.item())
+    return reduce
