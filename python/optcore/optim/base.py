@@ -1,4 +1,4 @@
-"""The optimizer base class: parameter groups, state, validation and plans.
+"""The optimizer base class :class:`Optimizer`, assembled from one mixin per concern.
 
 Subclasses name their update rule and state, check their hyper-parameters and
 turn them into the per-step scalars of the kernel rule (csrc/optcore/rules).
@@ -326,6 +326,7 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
         from ..averaging import swapped
         return swapped(self._flat, self.averaged_params())
 
+    # ------------------------------------------------------------------ exact closure
     def _step_closure(self, closure: Callable, inv_scale: float, check_finite: bool) -> Any:
         """Evaluate the closure and step; the exact form for rules that look ahead."""
         exact = self.closure_rules is not None and all(
