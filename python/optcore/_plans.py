@@ -47,6 +47,9 @@ def stream_is_capturing(view: A.View) -> bool:
 class Plan:
     """One rule over a fixed list of tensors, on ``device`` = ("cpu", -1) or ("cuda", id).
 
+    What it adds to ``UpdatePlan``: the choice of the CPU or CUDA executor, and on CUDA
+    the caller's current stream passed to every call.
+
     ``stream_of`` is a view whose framework names the current stream (CUDA
     only; the plan keeps its framework and device, not the array). Every CUDA
     call runs on that framework's current stream; the sums of squares wait for it.
