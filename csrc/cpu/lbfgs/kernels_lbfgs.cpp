@@ -377,12 +377,8 @@ LbfgsOutcome LbfgsWorkspace::apply(const LbfgsBuffers& buf, bool has_new, double
   const LbfgsLayout& L = layout_;
   const int m = L.m;
   const PassSetup ps = pass_setup(L, meta_.data(), dtype_, n_, kPartition, buf, has_new, threads);
-  const int es = ps.es, count = ps.count, team = ps.team;
-  const bool implicit = ps.implicit, parallel = ps.parallel;
-  const Candidate& cand = ps.cand;
-  const int64_t parts = ps.parts;
-  for (int i = 0; i < count; ++i) slots_[i] = (ps.oldest + i) % m;
-  reserve_threads(parallel ? team : 1);
+  for (int i = 0; i < ps.count; ++i) slots_[i] = (ps.oldest + i) % m;
+  reserve_threads(ps.parallel ? ps.team : 1);
   const int width = ps.shape.width;
   const int64_t tile = ps.shape.tile;
   const int64_t ahead = ps.shape.prefetch;
@@ -390,13 +386,13 @@ LbfgsOutcome LbfgsWorkspace::apply(const LbfgsBuffers& buf, bool has_new, double
   const Pass2Fn pass2 = select_pass2(dtype_);
   const Pass2TiledFn pass2_tiled = select_pass2_tiled(dtype_);
   std::fill(dots_.begin(), dots_.end(), 0.0);
-  for (int i = 0; i < count; ++i) {
+  for (int i = 0; i < ps.count; ++i) {
     dots_[L.dot_sg(slots_[i])] = sums[4 * i];
     dots_[L.dot_s_ynew(slots_[i])] = sums[4 * i + 1];
     dots_[L.dot_yg(slots_[i])] = sums[4 * i + 2];
     dots_[L.dot_y_ynew(slots_[i])] = sums[4 * i + 3];
   }
-  const double* cand_sums = sums + 4 * count;
+  const double* cand_sums = sums + 4 * ps.count;
   dots_[L.dot_new_sg()] = cand_sums[0];
   dots_[L.dot_new_sy()] = cand_sums[1];
   dots_[L.dot_new_ss()] = cand_sums[2];
@@ -413,8 +409,8 @@ LbfgsOutcome LbfgsWorkspace::apply(const LbfgsBuffers& buf, bool has_new, double
   double* cy = work_.data() + m;
   for (int i = 0; i < new_count; ++i) {
     const int slot = (new_oldest + i) % m;
-    s_src_[i] = offset(buf.S, slot * buf.ld, es);
-    y_src_[i] = offset(buf.Y, slot * buf.ld, es);
+    s_src_[i] = offset(buf.S, slot * buf.ld, ps.es);
+    y_src_[i] = offset(buf.Y, slot * buf.ld, ps.es);
     cs[i] = coef_[L.coef_s(slot)];
     cy[i] = coef_[L.coef_y(slot)];
     streams_[2 * i] = s_src_[i];
@@ -431,23 +427,23 @@ LbfgsOutcome LbfgsWorkspace::apply(const LbfgsBuffers& buf, bool has_new, double
                     new_count,
                     coef_[L.coef_g()],
                     buf.g,
-                    dest >= 0 ? offset(buf.S, dest * buf.ld, es) : nullptr,
-                    dest >= 0 ? offset(buf.Y, dest * buf.ld, es) : nullptr,
-                    cand,
-                    implicit,
+                    dest >= 0 ? offset(buf.S, dest * buf.ld, ps.es) : nullptr,
+                    dest >= 0 ? offset(buf.Y, dest * buf.ld, ps.es) : nullptr,
+                    ps.cand,
+                    ps.implicit,
                     buf.d};
-#pragma omp parallel num_threads(team) if (parallel)
+#pragma omp parallel num_threads(ps.team) if (ps.parallel)
   {
-    double* tile_mem = thread_scratch(parallel ? omp_get_thread_num() : 0) + tile_offset;
+    double* tile_mem = thread_scratch(ps.parallel ? omp_get_thread_num() : 0) + tile_offset;
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < parts; ++p) {
+    for (int64_t p = 0; p < ps.parts; ++p) {
       const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
       partials2_[p] = width > 0 ? pass2_tiled(t, streams_.data(), stream_coefs_.data(), begin, end,
                                               width, tile, ahead, tile_mem)
                                 : pass2(t, begin, end);
     }
   }
-  for (int64_t p = 0; p < parts; ++p) out.g_dot_d += partials2_[p];
+  for (int64_t p = 0; p < ps.parts; ++p) out.g_dot_d += partials2_[p];
   out.accepted = dest >= 0;
   return out;
 }
