@@ -1,4 +1,10 @@
-"""Batch normalization (8.7.1): kernels against the float64 reference, torch, refusals."""
+"""Batch normalization (8.7.1): kernels against the float64 reference, torch, refusals.
+
+One module (about 550 lines) on purpose: one feature (batch_norm, its
+backward and the layer); the CPU sections share make/params/f64/close against
+tests/reference/batchnorm.py, and the CUDA section checks against those same
+CPU kernels.
+"""
 from __future__ import annotations
 
 import numpy as np

@@ -114,6 +114,22 @@ def _step_direction_rows(ctx, ws, S, Y, g, d, rng, m, n, min_t) -> List[Dict[str
             ctx.row("lbfgs", case, "optcore", td, bytes_moved, probe_timing=tp)]
 
 
+def _beyond_closure(ctx, step, closure, calls, key: str, iters: int, min_t: float):
+    """Timing per iteration of ``step`` less its closure calls (counted in
+    ``calls[key]``, each timed alone), and the closure calls per step."""
+    from bench.harness import Timing
+    calls[key] = 0
+    t = ctx.measure(step, min_time_s=min_t, warmup=1)
+    per_step_calls = calls[key] / max(t.n + 1, 1)
+    t_cl = ctx.measure(closure, min_time_s=min_t)
+    extra = per_step_calls * t_cl.median_s
+
+    def adj(v):
+        return max((v - extra) / iters, 1e-12)
+    return Timing(median_s=adj(t.median_s), p20_s=adj(t.p20_s), p80_s=adj(t.p80_s),
+                  min_s=adj(t.min_s), n=t.n), per_step_calls
+
+
 def _iteration_rows(ctx, n: int, m: int) -> List[Dict[str, Any]]:
     """Time per L-BFGS iteration beyond the closure: each step runs ``iters``
     iterations with fixed unit steps (no line search) on the gradient of a diagonal
@@ -124,7 +140,6 @@ def _iteration_rows(ctx, n: int, m: int) -> List[Dict[str, Any]]:
     except ImportError:
         return [ctx.row("lbfgs", "iteration", "torch.optim.LBFGS", None, None, note="torch missing")]
     import optcore
-    from bench.harness import Timing
     iters = 4
     rng = np.random.default_rng(1)
     c_np = rng.uniform(0.5, 2.0, n).astype(np.float32) * 1e-3
@@ -161,16 +176,7 @@ def _iteration_rows(ctx, n: int, m: int) -> List[Dict[str, Any]]:
     per_iter = {}
     for name, step, cl, key in (("torch.optim.LBFGS", lambda: topt.step(tclosure), tclosure, "torch"),
                                 ("optcore.LBFGS", lambda: opt.step(closure), lambda: closure([x]), "ours")):
-        calls[key] = 0
-        t = ctx.measure(step, min_time_s=min_t, warmup=1)
-        per_step_calls = calls[key] / max(t.n + 1, 1)
-        t_cl = ctx.measure(cl, min_time_s=min_t)
-        extra = per_step_calls * t_cl.median_s
-
-        def adj(v):
-            return max((v - extra) / iters, 1e-12)
-        per_iter[key] = Timing(median_s=adj(t.median_s), p20_s=adj(t.p20_s), p80_s=adj(t.p80_s),
-                               min_s=adj(t.min_s), n=t.n)
+        per_iter[key], per_step_calls = _beyond_closure(ctx, step, cl, calls, key, iters, min_t)
         rows.append((name, per_iter[key], per_step_calls))
     out = []
     for name, timing, ncalls in rows:
@@ -192,7 +198,6 @@ def _wolfe_iteration_rows(ctx, n: int, m: int) -> List[Dict[str, Any]]:
     except ImportError:
         return [ctx.row("lbfgs", "iteration", "torch.optim.LBFGS", None, None, note="torch missing")]
     import optcore
-    from bench.harness import Timing
     rng = np.random.default_rng(2)
     c_np = rng.uniform(0.5, 2.0, n).astype(np.float32) * 1e-3
     calls = {"ours": 0, "torch": 0}
@@ -226,16 +231,7 @@ def _wolfe_iteration_rows(ctx, n: int, m: int) -> List[Dict[str, Any]]:
     case = f"iteration beyond closure, strong Wolfe, 1 iteration/step, fp32 n={n} m={m}"
     for name, step, cl, key in (("torch.optim.LBFGS", lambda: topt.step(tclosure), tclosure, "torch"),
                                 ("optcore.LBFGS", lambda: opt.step(closure), lambda: closure([x]), "ours")):
-        calls[key] = 0
-        t = ctx.measure(step, min_time_s=min_t, warmup=1)
-        per_step_calls = calls[key] / max(t.n + 1, 1)
-        t_cl = ctx.measure(cl, min_time_s=min_t)
-        extra = per_step_calls * t_cl.median_s
-
-        def adj(v):
-            return max(v - extra, 1e-12)
-        per_iter[key] = Timing(median_s=adj(t.median_s), p20_s=adj(t.p20_s), p80_s=adj(t.p80_s),
-                               min_s=adj(t.min_s), n=t.n)
+        per_iter[key], per_step_calls = _beyond_closure(ctx, step, cl, calls, key, 1, min_t)
         row_extra = {"closure_calls_per_step": per_step_calls}
         if key == "ours":
             row_extra["speedup_vs_torch"] = per_iter["torch"].median_s / per_iter["ours"].median_s

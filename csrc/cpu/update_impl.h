@@ -1,6 +1,11 @@
 // Body of the CPU update executor. Included by update_<isa>.cpp with
 // OPTCORE_ISA naming the namespace; everything here has internal linkage so
 // no instruction-set-specific code is shared between those translation units.
+//
+// One header (about 450 lines) on purpose: it is the whole executor body that
+// each update_<isa>.cpp compiles inside its own namespace, and the
+// low-precision path runs run_chunk's element loop on its tiles; split, it
+// would be a second file included mid-namespace by every ISA unit.
 #pragma once
 #include <omp.h>
 #include <cmath>

@@ -3,6 +3,11 @@
 // rule from optcore/rules, so the executor only loads, calls the rule, stores
 // (and, in the same pass, folds theta into its average and rewrites the 16-bit
 // model copy of a float32 master).
+//
+// One translation unit (about 700 lines) on purpose: the kernels, launch()
+// (their one instantiation per rule) and the launch counters have internal
+// linkage, and DevicePlan and the queries use them; split, the parts would
+// need launch() and the counters exported through a header of their own.
 #include <cuda_runtime.h>
 
 #include <algorithm>

@@ -9,7 +9,7 @@ from the functions at the end (``array_module``, ``array_namespace``,
 ``to_host``, ``clone``, ``assign``). (``optcore.torch`` and
 ``optcore.distributed`` adapt torch's own optimizer and process-group APIs.)
 
-One module (about 480 lines) on purpose: it is the framework boundary, and
+One module (about 490 lines) on purpose: it is the framework boundary, and
 keeping every numpy/cupy/torch test in one file is what makes it the only one.
 """
 from __future__ import annotations
@@ -190,6 +190,15 @@ def require_range(value: Any, name: str, lo: Optional[float] = None, hi: Optiona
         hi_s = "inf" if hi is None else repr(hi)
         raise ValueError(f"{name}: expected a value in {left}{lo_s}, {hi_s}{right}, got {value!r}")
     return x
+
+
+def require_count(value: Any, name: str, minimum: int, what: Optional[str] = None) -> int:
+    """An integral number (not a bool) of at least ``minimum`` (0 or 1), returned as int;
+    otherwise ValueError "name: expected <what>" (a non-number raises from int())."""
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        what = what or ("a positive integer" if minimum > 0 else "a non-negative integer")
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return int(value)
 
 
 def require_no_overlap(views: Sequence[View], names: Sequence[str]) -> None:

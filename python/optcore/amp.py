@@ -35,10 +35,7 @@ class GradScaler:
         self.growth_factor = A.require_range(growth_factor, "growth_factor", lo=1.0, lo_open=True)
         self.backoff_factor = A.require_range(backoff_factor, "backoff_factor", lo=0.0, hi=1.0,
                                               lo_open=True, hi_open=True)
-        if isinstance(growth_interval, bool) or int(growth_interval) != growth_interval \
-                or growth_interval <= 0:
-            raise ValueError(f"growth_interval: expected a positive integer, got {growth_interval!r}")
-        self.growth_interval = int(growth_interval)
+        self.growth_interval = A.require_count(growth_interval, "growth_interval", 1)
         self.enabled = bool(enabled)
         self._growth_tracker = 0
         self._found_inf = False

@@ -18,16 +18,14 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Union
 
-from ._arrays import require_finite, require_range
+from ._arrays import require_count, require_finite, require_range
 
 __all__ = ["Schedule", "Constant", "LinearDecay", "Linear", "InverseTime", "Exponential", "Step",
            "Cosine", "Warmup", "evaluate"]
 
 
 def _check_step(step: int) -> int:
-    if isinstance(step, bool) or int(step) != step or step < 0:
-        raise ValueError(f"step: expected a non-negative integer, got {step!r}")
-    return int(step)
+    return require_count(step, "step", 0)
 
 
 class Schedule:
@@ -64,9 +62,7 @@ class LinearDecay(Schedule):
 
     def __init__(self, lr0: float, tau: int, lr_tau: Optional[float] = None):
         self.lr0 = require_finite(lr0, "lr0")
-        if isinstance(tau, bool) or int(tau) != tau or tau <= 0:
-            raise ValueError(f"tau: expected a positive integer number of steps, got {tau!r}")
-        self.tau = int(tau)
+        self.tau = require_count(tau, "tau", 1, "a positive integer number of steps")
         self.lr_tau = self.lr0 / 100.0 if lr_tau is None else require_finite(lr_tau, "lr_tau")
 
     def value(self, step: int) -> float:
@@ -110,9 +106,7 @@ class Step(Schedule):
 
     def __init__(self, lr0: float, step_size: int, gamma: float = 0.1):
         self.lr0 = require_finite(lr0, "lr0")
-        if isinstance(step_size, bool) or int(step_size) != step_size or step_size <= 0:
-            raise ValueError(f"step_size: expected a positive integer, got {step_size!r}")
-        self.step_size = int(step_size)
+        self.step_size = require_count(step_size, "step_size", 1)
         self.gamma = require_range(gamma, "gamma", lo=0.0, lo_open=True)
 
     def value(self, step: int) -> float:
@@ -124,9 +118,7 @@ class Cosine(Schedule):
 
     def __init__(self, lr0: float, total_steps: int, lr_min: float = 0.0):
         self.lr0 = require_finite(lr0, "lr0")
-        if isinstance(total_steps, bool) or int(total_steps) != total_steps or total_steps <= 0:
-            raise ValueError(f"total_steps: expected a positive integer, got {total_steps!r}")
-        self.total_steps = int(total_steps)
+        self.total_steps = require_count(total_steps, "total_steps", 1)
         self.lr_min = require_finite(lr_min, "lr_min")
 
     def value(self, step: int) -> float:
@@ -146,9 +138,7 @@ class Warmup(Schedule):
     def __init__(self, after: Union[Callable[[int], float], float], warmup_steps: int,
                  start_factor: float = 0.0):
         self.after = after if callable(after) else Constant(after)
-        if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps or warmup_steps < 0:
-            raise ValueError(f"warmup_steps: expected a non-negative integer, got {warmup_steps!r}")
-        self.warmup_steps = int(warmup_steps)
+        self.warmup_steps = require_count(warmup_steps, "warmup_steps", 0)
         self.start_factor = require_range(start_factor, "start_factor", lo=0.0, hi=1.0)
 
     def value(self, step: int) -> float:

@@ -26,6 +26,8 @@ try:
 except ImportError:  # pragma: no cover
     torch = None
 
+from tests.optim._common import to64  # noqa: F401 (re-exported to the fuzz tests)
+
 EXAMPLES = int(os.environ.get("OPTCORE_FUZZ_EXAMPLES", "20"))
 LONG = os.environ.get("OPTCORE_FUZZ_LONG", "") == "1"
 
@@ -78,12 +80,6 @@ def make(values: np.ndarray, dtype: str, layout: str):
     if layout == "readonly":
         a.setflags(write=False)
     return a
-
-
-def to64(x) -> np.ndarray:
-    if torch is not None and isinstance(x, torch.Tensor):
-        return x.detach().to(torch.float64).cpu().numpy().copy()
-    return np.array(x, dtype=np.float64, copy=True)
 
 
 def _buffer_bytes(x) -> bytes:

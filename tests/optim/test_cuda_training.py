@@ -8,6 +8,11 @@ Device arrays are torch CUDA tensors, or cupy arrays when torch has no CUDA
 into one FMA, so float results agree with the CPU to rounding, not bit for
 bit; what must be bitwise (skipped steps, graph replays, power-of-two loss
 scales, the model copy of a master) is compared as raw bytes.
+
+One module (about 650 lines) on purpose: every section (averages, masters,
+clipping, loss scaling, graphs, state dicts, refusals) runs a CPU/CUDA pair of
+optimizers through the same _pairs/_host64/_raw/_assert_close/_launches
+helpers; one file per option would share them through a helper module.
 """
 from __future__ import annotations
 

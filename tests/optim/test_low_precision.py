@@ -6,6 +6,10 @@ The reference evaluates each rule in float32 operations in the kernel's order
 per step as the kernel does, and draws the stochastic-rounding bits from the same
 counter-based key. So the comparisons are exact: the same codes, absmax values,
 bfloat16 bits and float32 parameters.
+
+One module (about 450 lines) on purpose: rule, stochastic-rounding and
+state-dict tests are one feature (state_dtype, stochastic_rounding) against one
+reference module, and the state-dict part reuses the rounding part's _bf16.
 """
 from __future__ import annotations
 

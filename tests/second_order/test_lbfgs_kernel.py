@@ -1,7 +1,11 @@
 """The C++ (and CUDA) L-BFGS direction against the float64 NumPy two-loop recursion
 of tests/reference/second_order.py: ring partially and fully filled, rejected pairs,
 float32/float64, sizes 1, 7, 4097 and one spanning several partitions, unaligned
-views, outputs poisoned with NaN, and thread-count determinism."""
+views, outputs poisoned with NaN, and thread-count determinism.
+
+One module (about 500 lines) on purpose: every test drives the one kernel
+(LbfgsWorkspace: direction, step direction, pass shapes, split products/apply)
+through the same _ptr/_pair helpers against the same two-loop reference."""
 import numpy as np
 import pytest
 

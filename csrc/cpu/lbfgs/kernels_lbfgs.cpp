@@ -9,7 +9,7 @@
 // partitions are added in index order. Threads only decide who computes which
 // partition, never the order of an addition.
 //
-// One file (about 430 lines) on purpose: the workspace, its per-ISA pass
+// One file (about 460 lines) on purpose: the workspace, its per-ISA pass
 // instantiation (lbfgs_passes.inc, included once per instruction set below)
 // and the pass-shape selection are one translation unit.
 #include "cpu/lbfgs/lbfgs.h"
@@ -83,6 +83,39 @@ inline const void* offset(const void* p, int64_t elements, int elem_size) {
 }
 inline void* offset(void* p, int64_t elements, int elem_size) {
   return static_cast<char*>(p) + elements * elem_size;
+}
+
+// What pass 1 (products) and pass 2 (apply) both start from: the history's
+// extent before the update, the candidate, the partition count and the team,
+// and the pass shape. Plain values, formed once per call before the parallel
+// regions; the passes' loops are untouched by it.
+struct PassSetup {
+  int es;      // element size in bytes
+  int count;   // stored pairs, oldest first from `oldest`
+  int oldest;
+  bool implicit;
+  Candidate cand;
+  int64_t parts;
+  int team;
+  bool parallel;
+  LbfgsPassShape shape;
+};
+
+inline PassSetup pass_setup(const LbfgsLayout& L, const double* meta, int dtype, int64_t n,
+                            int64_t partition, const LbfgsBuffers& buf, bool has_new,
+                            int threads) {
+  PassSetup ps;
+  ps.es = dtype == 1 ? 8 : 4;
+  ps.count = static_cast<int>(meta[L.count()]);
+  ps.oldest = static_cast<int>(meta[L.oldest()]);
+  ps.implicit = has_new && buf.g_old != nullptr;
+  ps.cand = Candidate{buf.s_new, buf.y_new, buf.d, buf.g_old,
+                      buf.g_new != nullptr ? buf.g_new : buf.g, buf.step};
+  ps.parts = (n + partition - 1) / partition;
+  ps.team = threads > 0 ? threads : omp_get_max_threads();
+  ps.parallel = ps.parts > 1 && ps.team > 1;
+  ps.shape = lbfgs_pass_shape();
+  return ps;
 }
 
 namespace lbfgs_base {
@@ -287,31 +320,25 @@ int LbfgsWorkspace::product_count() const { return 4 * static_cast<int>(meta_[la
 // Pass 1: every inner product the update needs, summed over this workspace's n
 // elements into sums_ (product_count() values, layout in lbfgs.h).
 const double* LbfgsWorkspace::products(const LbfgsBuffers& buf, bool has_new, int threads) {
-  const LbfgsLayout& L = layout_;
-  const int m = L.m;
-  const int es = dtype_ == 1 ? 8 : 4;
-  const int count = static_cast<int>(meta_[L.count()]);
-  const int oldest = static_cast<int>(meta_[L.oldest()]);
+  const int m = layout_.m;
+  const PassSetup ps = pass_setup(layout_, meta_.data(), dtype_, n_, kPartition, buf, has_new, threads);
+  const int es = ps.es, count = ps.count, team = ps.team;
+  const bool implicit = ps.implicit, parallel = ps.parallel;
+  const Candidate& cand = ps.cand;
+  const int64_t parts = ps.parts;
   for (int i = 0; i < count; ++i) {
-    slots_[i] = (oldest + i) % m;
+    slots_[i] = (ps.oldest + i) % m;
     s_src_[i] = offset(buf.S, slots_[i] * buf.ld, es);
     y_src_[i] = offset(buf.Y, slots_[i] * buf.ld, es);
   }
-  const bool implicit = has_new && buf.g_old != nullptr;
-  const Candidate cand{buf.s_new, buf.y_new, buf.d, buf.g_old,
-                       buf.g_new != nullptr ? buf.g_new : buf.g, buf.step};
-  const int64_t parts = (n_ + kPartition - 1) / kPartition;
-  const int team = threads > 0 ? threads : omp_get_max_threads();
-  const bool parallel = parts > 1 && team > 1;
   reserve_threads(parallel ? team : 1);  // grows only for a larger team than any before
   const int64_t row = row_size();
   const int used = 4 * count + 6;
 
   // Pass 1: inner products per partition.
-  const LbfgsPassShape shape = lbfgs_pass_shape();
-  const int width = shape.width;
-  const int64_t tile = shape.tile;
-  const int64_t ahead = shape.prefetch;
+  const int width = ps.shape.width;
+  const int64_t tile = ps.shape.tile;
+  const int64_t ahead = ps.shape.prefetch;
   const int64_t tile_offset = scratch_stride() - kPartition;
   const Pass1Fn pass1 = select_pass1(dtype_, has_new, implicit);
   const Pass1TiledFn pass1_tiled = select_pass1_tiled(dtype_, has_new, implicit);
@@ -349,32 +376,23 @@ LbfgsOutcome LbfgsWorkspace::apply(const LbfgsBuffers& buf, bool has_new, double
                                    const double* sums) {
   const LbfgsLayout& L = layout_;
   const int m = L.m;
-  const int es = dtype_ == 1 ? 8 : 4;
-  const int count = static_cast<int>(meta_[L.count()]);
-  const int oldest = static_cast<int>(meta_[L.oldest()]);
-  for (int i = 0; i < count; ++i) slots_[i] = (oldest + i) % m;
-  const bool implicit = has_new && buf.g_old != nullptr;
-  const Candidate cand{buf.s_new, buf.y_new, buf.d, buf.g_old,
-                       buf.g_new != nullptr ? buf.g_new : buf.g, buf.step};
-  const int64_t parts = (n_ + kPartition - 1) / kPartition;
-  const int team = threads > 0 ? threads : omp_get_max_threads();
-  const bool parallel = parts > 1 && team > 1;
-  reserve_threads(parallel ? team : 1);
-  const LbfgsPassShape shape = lbfgs_pass_shape();
-  const int width = shape.width;
-  const int64_t tile = shape.tile;
-  const int64_t ahead = shape.prefetch;
+  const PassSetup ps = pass_setup(L, meta_.data(), dtype_, n_, kPartition, buf, has_new, threads);
+  for (int i = 0; i < ps.count; ++i) slots_[i] = (ps.oldest + i) % m;
+  reserve_threads(ps.parallel ? ps.team : 1);
+  const int width = ps.shape.width;
+  const int64_t tile = ps.shape.tile;
+  const int64_t ahead = ps.shape.prefetch;
   const int64_t tile_offset = scratch_stride() - kPartition;
   const Pass2Fn pass2 = select_pass2(dtype_);
   const Pass2TiledFn pass2_tiled = select_pass2_tiled(dtype_);
   std::fill(dots_.begin(), dots_.end(), 0.0);
-  for (int i = 0; i < count; ++i) {
+  for (int i = 0; i < ps.count; ++i) {
     dots_[L.dot_sg(slots_[i])] = sums[4 * i];
     dots_[L.dot_s_ynew(slots_[i])] = sums[4 * i + 1];
     dots_[L.dot_yg(slots_[i])] = sums[4 * i + 2];
     dots_[L.dot_y_ynew(slots_[i])] = sums[4 * i + 3];
   }
-  const double* cand_sums = sums + 4 * count;
+  const double* cand_sums = sums + 4 * ps.count;
   dots_[L.dot_new_sg()] = cand_sums[0];
   dots_[L.dot_new_sy()] = cand_sums[1];
   dots_[L.dot_new_ss()] = cand_sums[2];
@@ -391,8 +409,8 @@ LbfgsOutcome LbfgsWorkspace::apply(const LbfgsBuffers& buf, bool has_new, double
   double* cy = work_.data() + m;
   for (int i = 0; i < new_count; ++i) {
     const int slot = (new_oldest + i) % m;
-    s_src_[i] = offset(buf.S, slot * buf.ld, es);
-    y_src_[i] = offset(buf.Y, slot * buf.ld, es);
+    s_src_[i] = offset(buf.S, slot * buf.ld, ps.es);
+    y_src_[i] = offset(buf.Y, slot * buf.ld, ps.es);
     cs[i] = coef_[L.coef_s(slot)];
     cy[i] = coef_[L.coef_y(slot)];
     streams_[2 * i] = s_src_[i];
@@ -409,23 +427,23 @@ LbfgsOutcome LbfgsWorkspace::apply(const LbfgsBuffers& buf, bool has_new, double
                     new_count,
                     coef_[L.coef_g()],
                     buf.g,
-                    dest >= 0 ? offset(buf.S, dest * buf.ld, es) : nullptr,
-                    dest >= 0 ? offset(buf.Y, dest * buf.ld, es) : nullptr,
-                    cand,
-                    implicit,
+                    dest >= 0 ? offset(buf.S, dest * buf.ld, ps.es) : nullptr,
+                    dest >= 0 ? offset(buf.Y, dest * buf.ld, ps.es) : nullptr,
+                    ps.cand,
+                    ps.implicit,
                     buf.d};
-#pragma omp parallel num_threads(team) if (parallel)
+#pragma omp parallel num_threads(ps.team) if (ps.parallel)
   {
-    double* tile_mem = thread_scratch(parallel ? omp_get_thread_num() : 0) + tile_offset;
+    double* tile_mem = thread_scratch(ps.parallel ? omp_get_thread_num() : 0) + tile_offset;
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < parts; ++p) {
+    for (int64_t p = 0; p < ps.parts; ++p) {
       const int64_t begin = p * kPartition, end = std::min(n_, begin + kPartition);
       partials2_[p] = width > 0 ? pass2_tiled(t, streams_.data(), stream_coefs_.data(), begin, end,
                                               width, tile, ahead, tile_mem)
                                 : pass2(t, begin, end);
     }
   }
-  for (int64_t p = 0; p < parts; ++p) out.g_dot_d += partials2_[p];
+  for (int64_t p = 0; p < ps.parts; ++p) out.g_dot_d += partials2_[p];
   out.accepted = dest >= 0;
   return out;
 }
