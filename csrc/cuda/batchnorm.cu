@@ -29,6 +29,15 @@ unsigned elementwise_blocks(int64_t total) {
   return unsigned(std::min<int64_t>(std::max<int64_t>(b, 1), int64_t(1) << 20));
 }
 
+// Calls go(index_tag) with a 32-bit index type (cheap division) whenever the grid-stride
+// loop over `total` elements in elementwise_blocks(total) blocks cannot overflow it, else
+// with int64_t: both instantiations are compiled, the choice is made per launch.
+template <class Go>
+void with_index_type(int64_t total, Go&& go) {
+  if (total + int64_t(kThreads) * (int64_t(1) << 20) < (int64_t(1) << 32)) go(uint32_t{});
+  else go(int64_t{});
+}
+
 // ------------------------------------------------------------ reductions
 
 // Mode 0: shifted sums of x (statistics). Mode 1: sum dy, sum dy*(x - mean).
@@ -291,9 +300,7 @@ void cuda_forward_apply(int dtype, const Dims& d, const void* x, void* y, const 
           d.inner, static_cast<const S*>(mean), static_cast<const S*>(invstd),
           static_cast<const S*>(gamma), static_cast<const S*>(beta));
     };
-    // 32-bit indices (cheap division) whenever the grid-stride loop cannot overflow them
-    if (total + int64_t(kThreads) * (int64_t(1) << 20) < (int64_t(1) << 32)) go(uint32_t{});
-    else go(int64_t{});
+    with_index_type(total, go);
   });
   check(cudaGetLastError(), "forward launch");
 }
@@ -340,8 +347,7 @@ void cuda_backward_apply(int dtype, const Dims& d, const void* dy, const void* x
           static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dx), total,
           d.channels_last, d.channels, d.inner, static_cast<const S*>(mean), coeffs);
     };
-    if (total + int64_t(kThreads) * (int64_t(1) << 20) < (int64_t(1) << 32)) go(uint32_t{});
-    else go(int64_t{});
+    with_index_type(total, go);
   });
   check(cudaGetLastError(), "backward apply launch");
 }

@@ -322,6 +322,29 @@ def _capture(fn):
     return replay
 
 
+def _replay_against_eager(graph_side, eager_side, g_plan, e_plan, sc_a, sc_b, untouched) -> None:
+    """Capture one step of g_plan with sc_a (one launch, executing nothing: every
+    (label, buffer) of ``untouched`` keeps its host bytes), replay it once, switch the
+    graph to sc_b and replay twice; the eager plan takes the same three steps."""
+    g_ptrs = graph_side.grad_ptrs(0, True)
+    before = _cuda.launch_count()
+    replay = _capture(lambda stream: g_plan.step(g_ptrs, sc_a, stream))
+    assert _cuda.launch_count() - before == 1  # captured, counted once
+    _sync()
+    for label, b in untouched:
+        np.testing.assert_array_equal(b.dev_bytes(), b.host, err_msg=label)
+
+    replay()
+    e_plan.step(eager_side.grad_ptrs(0, True), sc_a, _stream_handle())
+    _sync()
+    stream = getattr(replay, "stream", None)
+    g_plan.set_graph_scalars(sc_b, int(stream.ptr) if stream is not None else _stream_handle())
+    replay()
+    replay()
+    e_plan.step(eager_side.grad_ptrs(0, True), sc_b, _stream_handle())
+    e_plan.step(eager_side.grad_ptrs(0, True), sc_b, _stream_handle())
+    _sync()
+
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
 def test_graph_replay_matches_eager(dtype: int) -> None:
     rule = 12  # Adam: two states, several scalars
@@ -335,25 +358,8 @@ def test_graph_replay_matches_eager(dtype: int) -> None:
     sc_a, sc_b = _scalars(rng), _scalars(rng)
     sc_b[1] = sc_a[1] * 0.37  # a different learning rate on replay
 
-    g_ptrs = graph_side.grad_ptrs(0, True)
-    before = _cuda.launch_count()
-    replay = _capture(lambda stream: g_plan.step(g_ptrs, sc_a, stream))
-    assert _cuda.launch_count() - before == 1  # captured, counted once
-    _sync()
-    # Capturing executes nothing.
-    for b in graph_side.thetas:
-        np.testing.assert_array_equal(b.dev_bytes(), b.host)
-
-    replay()
-    e_plan.step(eager_side.grad_ptrs(0, True), sc_a, _stream_handle())
-    _sync()
-    stream = getattr(replay, "stream", None)
-    g_plan.set_graph_scalars(sc_b, int(stream.ptr) if stream is not None else _stream_handle())
-    replay()
-    replay()
-    e_plan.step(eager_side.grad_ptrs(0, True), sc_b, _stream_handle())
-    e_plan.step(eager_side.grad_ptrs(0, True), sc_b, _stream_handle())
-    _sync()
+    _replay_against_eager(graph_side, eager_side, g_plan, e_plan, sc_a, sc_b,
+                          [(f"theta[{i}]", t) for i, t in enumerate(graph_side.thetas)])
     for (name, gb, _), (_, eb, _) in zip(graph_side.buffers(), eager_side.buffers()):
         for i, (x, y) in enumerate(zip(gb, eb)):
             np.testing.assert_array_equal(x.dev_bytes(), y.dev_bytes(), err_msg=f"{name}[{i}]")
@@ -622,24 +628,8 @@ def test_graph_replay_with_extras_matches_eager(config: str) -> None:
     sc_b[1] = sc_a[1] * 0.37  # a different learning rate on replay
     sc_b[11] = 1.0 / 3.0      # and a different average weight (uniform average, t = 3)
 
-    g_ptrs = graph_side.grad_ptrs(0, True)
-    before = _cuda.launch_count()
-    replay = _capture(lambda stream: g_plan.step(g_ptrs, sc_a, stream))
-    assert _cuda.launch_count() - before == 1
-    _sync()
-    for label, b, _, _, _ in graph_side.buffers():  # capturing executes nothing
-        np.testing.assert_array_equal(b.dev_bytes(), b.host, err_msg=label)
-
-    replay()
-    e_plan.step(eager_side.grad_ptrs(0, True), sc_a, _stream_handle())
-    _sync()
-    stream = getattr(replay, "stream", None)
-    g_plan.set_graph_scalars(sc_b, int(stream.ptr) if stream is not None else _stream_handle())
-    replay()
-    replay()
-    e_plan.step(eager_side.grad_ptrs(0, True), sc_b, _stream_handle())
-    e_plan.step(eager_side.grad_ptrs(0, True), sc_b, _stream_handle())
-    _sync()
+    _replay_against_eager(graph_side, eager_side, g_plan, e_plan, sc_a, sc_b,
+                          [(label, b) for label, b, _, _, _ in graph_side.buffers()])
     for (label, gb, _, _, _), (_, eb, _, _, _) in zip(graph_side.buffers(), eager_side.buffers()):
         np.testing.assert_array_equal(gb.dev_bytes(), eb.dev_bytes(), err_msg=label)
         assert not np.array_equal(gb.dev_bytes(), gb.host), f"{label} unchanged"
