@@ -9,7 +9,7 @@ from the functions at the end (``array_module``, ``array_namespace``,
 ``to_host``, ``clone``, ``assign``). (``optcore.torch`` and
 ``optcore.distributed`` adapt torch's own optimizer and process-group APIs.)
 
-One module (about 490 lines) on purpose: it is the framework boundary, and
+One module (about 510 lines) on purpose: it is the framework boundary, and
 keeping every numpy/cupy/torch test in one file is what makes it the only one.
 """
 from __future__ import annotations
@@ -162,6 +162,24 @@ def require_contiguous(v: View, name: str) -> None:
                          "pass a contiguous array or a contiguous view")
     if not v.aligned:
         raise ValueError(f"{name}: data pointer is not aligned to its element size")
+
+
+def require_grad_like(gv: View, pv: View, name: str, param: str, *,
+                      framework: bool = False) -> None:
+    """A gradient's view against its parameter's: the same device (and, with
+    ``framework``, the same array library), dtype and shape, C-contiguous and aligned.
+    ``name`` names the gradient, ``param`` its parameter, in the messages."""
+    if (gv.device, gv.device_id) != (pv.device, pv.device_id) or (
+            framework and gv.framework != pv.framework):
+        raise ValueError(f"{name}: a {gv.framework} array on {gv.where}, but its parameter "
+                         f"{param} is a {pv.framework} array on {pv.where}")
+    if gv.dtype_name != pv.dtype_name:
+        raise TypeError(f"{name}: dtype {gv.dtype_name}, but its parameter {param} is "
+                        f"{pv.dtype_name}; gradients must match their parameter's dtype")
+    if gv.shape != pv.shape:
+        raise ValueError(f"{name}: shape {gv.shape}, but its parameter {param} has "
+                         f"shape {pv.shape}")
+    require_contiguous(gv, name)
 
 
 def require_finite(value: Any, name: str) -> float:

@@ -498,17 +498,7 @@ class ShardedOptimizer:
                              f"got {len(items)}")
         for i, (g, pv) in enumerate(zip(items, self._views)):
             name = f"grads[{i}]"
-            gv = A.view_of(g, name)
-            if gv.framework != pv.framework or (gv.device, gv.device_id) != (pv.device,
-                                                                             pv.device_id):
-                raise ValueError(f"{name}: a {gv.framework} array on {gv.where}, but params[{i}] "
-                                 f"is a {pv.framework} array on {pv.where}")
-            if gv.dtype_name != pv.dtype_name:
-                raise TypeError(f"{name}: dtype {gv.dtype_name}, but params[{i}] is "
-                                f"{pv.dtype_name}; gradients must match their parameter's dtype")
-            if gv.shape != pv.shape:
-                raise ValueError(f"{name}: shape {gv.shape}, but params[{i}] has shape {pv.shape}")
-            A.require_contiguous(gv, name)
+            A.require_grad_like(A.view_of(g, name), pv, name, f"params[{i}]", framework=True)
         return items
 
     def _pack(self, b: _Bucket, items: List[Any]) -> None:

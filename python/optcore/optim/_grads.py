@@ -47,16 +47,7 @@ class GradsMixin:
         for i, (g, pv) in enumerate(zip(items, self._views)):
             name = f"grads[{i}]"
             gv = A.view_of(g, name)
-            if (gv.device, gv.device_id) != (pv.device, pv.device_id):
-                raise ValueError(f"{name}: on {gv.where}, but its parameter {pnames[i]} is on "
-                                 f"{pv.where}")
-            if gv.dtype != pv.dtype:
-                raise TypeError(f"{name}: dtype {gv.dtype_name}, but its parameter {pnames[i]} is "
-                                f"{pv.dtype_name}; gradients must match their parameter's dtype")
-            if gv.shape != pv.shape:
-                raise ValueError(f"{name}: shape {gv.shape}, but its parameter {pnames[i]} has "
-                                 f"shape {pv.shape}")
-            A.require_contiguous(gv, name)
+            A.require_grad_like(gv, pv, name, pnames[i])
             ptrs[i] = gv.ptr
             ends[i] = gv.ptr + gv.nbytes
         bad, other = self._written.first_overlap(ptrs, ends)
