@@ -59,6 +59,11 @@ RANK_SCRIPT = textwrap.dedent(r"""
         torch.save(results, out)
     dist.barrier()
     dist.destroy_process_group()
+    # Leave without interpreter finalisation: gloo's worker threads can still be winding
+    # down there, and under load that aborts a rank ("terminate called without an active
+    # exception") after all its work is done and checked.
+    sys.stdout.flush()
+    os._exit(0)
 """)
 
 
@@ -126,6 +131,11 @@ FSDP_SCRIPT = textwrap.dedent(r"""
         torch.save(gathered, out)
     dist.barrier()
     dist.destroy_process_group()
+    # Leave without interpreter finalisation: gloo's worker threads can still be winding
+    # down there, and under load that aborts a rank ("terminate called without an active
+    # exception") after all its work is done and checked.
+    sys.stdout.flush()
+    os._exit(0)
 """)
 
 
