@@ -377,8 +377,8 @@ def test_lbfgs_max_eval_bounds_the_closure_calls_of_a_step(line_search_fn, one_t
 
 def test_fast_path_still_refuses_aliased_retyped_and_strided_grads():
     """After steps on the per-step fast path, a grad that aliases a parameter or optimizer
-    state, changed dtype through ``.data`` or is strided gets the named error, and nothing
-    is written."""
+    state, changed dtype or size through ``.data`` or is strided gets the named error, and
+    nothing is written."""
     model = _model(8)
     opt = ot.Adam(model.parameters(), lr=1e-2)
     _train(model, opt, steps=3)
@@ -397,6 +397,9 @@ def test_fast_path_still_refuses_aliased_retyped_and_strided_grads():
         (lambda: setattr(params[1], "grad", torch.ones(2 * params[1].numel(),
                                                         dtype=params[1].dtype)[::2]),
          ValueError, "contiguous"),
+        # resized under the same grad object: the fast path would read past its end
+        (lambda: setattr(params[1].grad, "data", torch.ones(3, dtype=params[1].dtype)),
+         ValueError, r"param_groups\[0\]\['params'\]\[1\]: its grad is torch.float64 \(3,\)"),
     ]
     for make_bad, exc, match in cases:
         for p in params:

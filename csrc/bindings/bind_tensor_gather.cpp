@@ -6,9 +6,11 @@
 // plan steps (those that had a grad). gather() walks them once and returns
 // the gradient data pointers (0 where the parameter is not stepped) when
 // nothing changed: every planned parameter still has a dense, contiguous
-// grad of its dtype (torch keeps its shape and device equal to the
-// parameter's) sharing no byte with a buffer the step writes, and still owns
-// the storage the plan writes; every unplanned one still has no grad.
+// grad of its dtype and element count (assignment to p.grad keeps them equal
+// to the parameter's, but `p.grad.data = x` can change both; a grad of the
+// same count in another shape passes, as its flat order is the parameter's)
+// sharing no byte with a buffer the step writes, and still owns the storage
+// the plan writes; every unplanned one still has no grad.
 // Anything else returns None and the caller re-plans or names the bad argument
 // (the plan never writes storage a parameter no longer owns).
 #include <pybind11/numpy.h>
@@ -30,11 +32,21 @@ namespace {
 
 // Attribute reads through the descriptors found on the type once (what
 // PyObject_GetAttr would find first for these names: torch's getset and method
-// descriptors), cached per Python type. A read then costs one C call instead
-// of an attribute lookup plus argument parsing; about half the generic cost.
+// descriptors), cached per Python type. Where a descriptor is CPython's own
+// getset or method descriptor (torch's are), its C function is called
+// directly: the descriptor was looked up on the object's own type, so the
+// type check the descriptor would repeat holds already. Anything else (a
+// subclass overriding one of these in Python) goes through the generic call.
+// One C call per read instead of an attribute lookup plus argument parsing.
+struct Slot {
+  py::object descr;             // strong ref; null if the type has no such attribute
+  PyGetSetDef* getset = nullptr;  // a getset descriptor's definition
+  PyMethodDef* method = nullptr;  // a method descriptor's (METH_NOARGS or VARARGS|KEYWORDS)
+};
+
 struct TypeSlots {
   PyTypeObject* type = nullptr;
-  py::object grad, dtype, data_ptr, is_contiguous;  // the descriptors (strong refs)
+  Slot grad, dtype, nbytes, data_ptr, is_contiguous;
 };
 
 class TensorGather {
@@ -57,6 +69,7 @@ class TensorGather {
     for (const py::handle p : params_) dtypes_.push_back(p.attr("dtype"));
     param_ptrs_ = param_ptrs;
     planned_ = planned;
+    checked_.assign(params.size(), kUnchecked);
   }
 
   py::object gather() {
@@ -77,7 +90,10 @@ class TensorGather {
       if (g == Py_None) return py::none();  // frozen this step: re-plan
       // A sparse grad raises on is_contiguous/data_ptr: the caller's checks name it.
       const TypeSlots& gs = slots(Py_TYPE(g));
-      bool ok = same(get(gs.dtype, g), dtypes_[i].ptr()) && is_true(call(gs.is_contiguous, g));
+      // dtype and byte count (so the element count: `.data =` can change either under the
+      // same grad object), then contiguity: what the kernel reads is exactly the grad.
+      bool ok = same(get(gs.dtype, g), dtypes_[i].ptr()) &&
+                as_u64(get(gs.nbytes, g)) == grad_nbytes_[i] && is_true(call(gs.is_contiguous, g));
       uint64_t grad_ptr = 0;
       if (ok) ok = as_u64(call(ps.data_ptr, p)) == param_ptrs_[i];  // else: storage rebound
       if (ok) grad_ptr = as_u64(call(gs.data_ptr, g));
@@ -85,8 +101,13 @@ class TensorGather {
         PyErr_Clear();
         return py::none();
       }
+      if (!ok) return py::none();
       // A grad sharing bytes with anything the step writes: the caller's checks name it.
-      if (!ok || overlaps_written(grad_ptr, grad_ptr + grad_nbytes_[i])) return py::none();
+      // The written ranges are fixed for the plan, so a pointer that passed before passes.
+      if (grad_ptr != checked_[i]) {
+        if (overlaps_written(grad_ptr, grad_ptr + grad_nbytes_[i])) return py::none();
+        checked_[i] = grad_ptr;
+      }
       ptrs[i] = grad_ptr;
     }
     return std::move(out);
@@ -109,33 +130,53 @@ class TensorGather {
     TypeSlots s;
     s.type = type;
     type_refs_.push_back(py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(type)));
-    auto find = [type](const char* name) -> py::object {
+    auto find = [type](const char* name) -> Slot {
+      Slot slot;
       PyObject* d = _PyType_Lookup(type, py::str(name).ptr());  // borrowed, may be null
-      return d ? py::reinterpret_borrow<py::object>(d) : py::object();
+      if (d == nullptr) return slot;
+      slot.descr = py::reinterpret_borrow<py::object>(d);
+      if (Py_IS_TYPE(d, &PyGetSetDescr_Type)) {
+        slot.getset = reinterpret_cast<PyGetSetDescrObject*>(d)->d_getset;
+        if (slot.getset->get == nullptr) slot.getset = nullptr;
+      } else if (Py_IS_TYPE(d, &PyMethodDescr_Type)) {
+        PyMethodDef* def = reinterpret_cast<PyMethodDescrObject*>(d)->d_method;
+        const int kind = def->ml_flags & (METH_VARARGS | METH_KEYWORDS | METH_NOARGS | METH_O |
+                                          METH_FASTCALL | METH_METHOD);
+        if (kind == METH_NOARGS || kind == (METH_VARARGS | METH_KEYWORDS)) slot.method = def;
+      }
+      return slot;
     };
     s.grad = find("grad");
     s.dtype = find("dtype");
+    s.nbytes = find("nbytes");
     s.data_ptr = find("data_ptr");
     s.is_contiguous = find("is_contiguous");
     types_.push_back(std::move(s));
     return types_.back();
   }
   // obj.<attr> through its descriptor; new reference, or null with the error set.
-  static PyObject* get(const py::object& descr, PyObject* obj) {
-    PyObject* d = descr.ptr();
+  static PyObject* get(const Slot& slot, PyObject* obj) {
+    if (slot.getset != nullptr) return slot.getset->get(obj, slot.getset->closure);
+    PyObject* d = slot.descr.ptr();
     if (d != nullptr && Py_TYPE(d)->tp_descr_get != nullptr)
       return Py_TYPE(d)->tp_descr_get(d, obj, reinterpret_cast<PyObject*>(Py_TYPE(obj)));
     PyErr_SetString(PyExc_AttributeError, "TensorGather: attribute not found");
     return nullptr;
   }
   // obj.<method>() through its unbound descriptor; new reference, or null with the error set.
-  static PyObject* call(const py::object& descr, PyObject* obj) {
-    if (descr.ptr() == nullptr) {
+  PyObject* call(const Slot& slot, PyObject* obj) const {
+    if (slot.method != nullptr) {
+      if (slot.method->ml_flags & METH_NOARGS) return slot.method->ml_meth(obj, nullptr);
+      const auto with_keywords =
+          reinterpret_cast<PyCFunctionWithKeywords>(reinterpret_cast<void (*)(void)>(slot.method->ml_meth));
+      return with_keywords(obj, no_args_.ptr(), nullptr);
+    }
+    if (slot.descr.ptr() == nullptr) {
       PyErr_SetString(PyExc_AttributeError, "TensorGather: method not found");
       return nullptr;
     }
     PyObject* args[1] = {obj};
-    return PyObject_Vectorcall(descr.ptr(), args, 1, nullptr);
+    return PyObject_Vectorcall(slot.descr.ptr(), args, 1, nullptr);
   }
   // Each consumes its argument and returns false / 0 when it is null (error set).
   static bool same(PyObject* v, PyObject* want) {
@@ -145,18 +186,26 @@ class TensorGather {
     return yes;
   }
   static bool is_true(PyObject* v) { return same(v, Py_True); }
+  // A pointer from data_ptr(): an int below 2^64. The mask conversion is the fast
+  // one (no byte-array path); anything but an int sets the error.
   static uint64_t as_u64(PyObject* v) {
     if (v == nullptr) return 0;
-    const uint64_t x = PyLong_AsUnsignedLongLong(v);
+    uint64_t x = 0;
+    if (PyLong_Check(v)) x = PyLong_AsUnsignedLongLongMask(v);
+    else PyErr_SetString(PyExc_TypeError, "TensorGather: data_ptr() returned no pointer");
     Py_DECREF(v);
     return x;
   }
 
+  py::tuple no_args_ = py::tuple(0);
   std::vector<py::object> params_;
   std::vector<py::object> dtypes_;
   std::vector<uint64_t> param_ptrs_;
   std::vector<bool> planned_;
   std::vector<uint64_t> grad_nbytes_, starts_, ends_;
+  // Per parameter, the last grad pointer found to overlap nothing written.
+  static constexpr uint64_t kUnchecked = ~uint64_t(0);
+  std::vector<uint64_t> checked_;
   std::deque<TypeSlots> types_;  // references stay valid as types are added
   std::vector<py::object> type_refs_;
 };
