@@ -8,7 +8,8 @@
 // nothing changed: every planned parameter still has a dense, contiguous
 // grad of its dtype and element count (assignment to p.grad keeps them equal
 // to the parameter's, but `p.grad.data = x` can change both; a grad of the
-// same count in another shape passes, as its flat order is the parameter's)
+// same count in another shape passes here, read in its flat order, which is
+// the parameter's: reading its shape would cost a tuple per grad and step)
 // sharing no byte with a buffer the step writes, and still owns the storage
 // the plan writes; every unplanned one still has no grad.
 // Anything else returns None and the caller re-plans or names the bad argument
