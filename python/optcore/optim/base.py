@@ -255,6 +255,7 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
         capturing = self._capturing()
         self._launch(group_scalars, multiplier,
                      lambda gi, plan, scalars: plan.step(self._slice(grad_ptrs, gi), scalars))
+        self._mark_params_written()
         if capturing:
             # Recorded into the graph, not run: graph_step() takes and counts each replay.
             self._captured = True
@@ -288,8 +289,10 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
         if not self._captured:
             raise RuntimeError("graph_step: no step(grads) of this optimizer has been captured in a "
                                "CUDA graph; capture one first (see the docstring)")
+        self._require_params_unmoved()  # the replay writes the pointers it captured
         self._launch(self._all_scalars(), 1.0,
                      lambda gi, plan, scalars: plan.set_graph_scalars(scalars))
+        self._mark_params_written()  # by the replay that follows
         self._advance()
 
     def _launch(self, group_scalars: List[List[float]], multiplier: float,
@@ -336,6 +339,7 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
             self.step(grads, grad_scale=None if not check_finite else 1.0 / inv_scale)
             return loss
         lookahead_names, apply_rule, apply_names = self.closure_rules
+        self._require_params_unmoved()  # the look-ahead below writes before _check_grads runs
         scalars = []
         for gi, group in enumerate(self.param_groups):
             self._apply_schedules(group, gi)
@@ -365,6 +369,7 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
                                          seed=self.seed)
             self._plan(gi, apply_rule, apply_names, main=True).step(self._slice(grad_ptrs, gi), apply)
             self._steps[gi] += 1
+        self._mark_params_written()
         self._count_average()
         return loss
 
