@@ -194,6 +194,27 @@ def test_storage_rebound_between_steps_follows_the_new_storage():
         assert torch.equal(old, snapshot), "a step wrote to storage the parameter no longer owns"
 
 
+@pytest.mark.parametrize("rebind", ["transposed", "other dtype", "fewer elements"])
+def test_rebinding_to_a_view_at_the_same_address_is_caught(rebind):
+    """`p.data = v` with v starting where p did keeps the data pointer: the per-step pass
+    also compares the parameter's dtype, bytes and layout, so the step is refused by name
+    (torch.optim raises on these too) instead of writing through the old plan."""
+    p = torch.nn.Parameter(torch.zeros(4, 4))
+    opt = ot.SGD([p], lr=1.0)
+    p.grad = torch.ones(4, 4)
+    opt.step()
+    if rebind == "transposed":
+        p.data = p.data.t()
+    elif rebind == "other dtype":
+        p.data = p.data.view(torch.float16)
+    else:
+        p.data = p.data[:2]
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\]"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+
+
 # ---------------------------------------------------------------- state dicts
 
 def test_state_dict_moves_both_ways():

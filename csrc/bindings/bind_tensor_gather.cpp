@@ -10,8 +10,9 @@
 // to the parameter's, but `p.grad.data = x` can change both; a grad of the
 // same count in another shape passes here, read in its flat order, which is
 // the parameter's: reading its shape would cost a tuple per grad and step)
-// sharing no byte with a buffer the step writes, and still owns the storage
-// the plan writes; every unplanned one still has no grad.
+// sharing no byte with a buffer the step writes, and still is the memory the
+// plan writes (its pointer, dtype, byte count and contiguity: `p.data = v` can
+// change any of them); every unplanned one still has no grad.
 // Anything else returns None and the caller re-plans or names the bad argument
 // (the plan never writes storage a parameter no longer owns).
 #include <pybind11/numpy.h>
@@ -97,6 +98,10 @@ class TensorGather {
                 as_u64(get(gs.nbytes, g)) == grad_nbytes_[i] && is_true(call(gs.is_contiguous, g));
       uint64_t grad_ptr = 0;
       if (ok) ok = as_u64(call(ps.data_ptr, p)) == param_ptrs_[i];  // else: storage rebound
+      // `p.data = v` with v at the same address (a transpose, another dtype, fewer
+      // elements) leaves the pointer: the parameter's own dtype, bytes and layout too.
+      if (ok) ok = same(get(ps.dtype, p), dtypes_[i].ptr()) &&
+                   as_u64(get(ps.nbytes, p)) == grad_nbytes_[i] && is_true(call(ps.is_contiguous, p));
       if (ok) grad_ptr = as_u64(call(gs.data_ptr, g));
       if (PyErr_Occurred()) {
         PyErr_Clear();
