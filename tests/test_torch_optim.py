@@ -194,6 +194,26 @@ def test_storage_rebound_between_steps_follows_the_new_storage():
         assert torch.equal(old, snapshot), "a step wrote to storage the parameter no longer owns"
 
 
+MOMENTUM_CHANGES = {
+    "momentum 0 -> 0.9": (dict(lr=0.05), {3: dict(momentum=0.9)}),
+    "momentum 0.9 -> 0": (dict(lr=0.05, momentum=0.9), {3: dict(momentum=0.0)}),
+    "nesterov on and off": (dict(lr=0.05, momentum=0.9), {3: dict(nesterov=True),
+                                                         6: dict(nesterov=False)}),
+}
+
+
+@pytest.mark.parametrize("case", list(MOMENTUM_CHANGES))
+def test_changing_momentum_or_nesterov_between_steps_follows_torch(case):
+    """What lr schedulers such as OneCycleLR do to momentum: a change that needs another
+    native rule re-plans, carrying momentum_buffer, and the trajectory stays torch's."""
+    kwargs, changes = MOMENTUM_CHANGES[case]
+
+    def between(k, model, opt):
+        for group in opt.param_groups:
+            group.update(changes.get(k, {}))
+    _both("SGD", kwargs, between)
+
+
 @pytest.mark.parametrize("rebind", ["transposed", "other dtype", "fewer elements"])
 def test_rebinding_to_a_view_at_the_same_address_is_caught(rebind):
     """`p.data = v` with v starting where p did keeps the data pointer: the per-step pass

@@ -278,8 +278,15 @@ class _Adapter(torch.optim.Optimizer):
     def _eager_step(self) -> None:
         gather = self._gather
         ptrs = None
-        if gather is not None and all(inner.native._written is w
-                                      for inner, w in zip(self._inners, self._written)):
+        # Each group's native class and hyper-parameters as they are now: a change that picks
+        # another class (momentum to or from 0, nesterov toggled) re-plans, carrying the state.
+        natives = [self._native(g) for g in self.param_groups]
+        same_classes = all(natives[gi][0] is type(inner.native)
+                           for inner in self._inners for gi, _ in inner.groups)
+        if not same_classes:
+            self._key = None
+        if gather is not None and same_classes and all(
+                inner.native._written is w for inner, w in zip(self._inners, self._written)):
             ptrs = gather.gather()
         if ptrs is None:
             # Something changed (a grad appeared or went, storage was rebound, a group was
@@ -311,7 +318,7 @@ class _Adapter(torch.optim.Optimizer):
                     raise type(exc)(self._torch_names(str(exc), inner)) from None
             native = inner.native
             for k, (gi, _) in enumerate(inner.groups):
-                native.param_groups[k].update(self._native(self.param_groups[gi])[1])
+                native.param_groups[k].update(natives[gi][1])
             checked.append((inner, inner_ptrs, native._all_scalars()))
         for inner, inner_ptrs, scalars in checked:
             inner.native._step_checked(inner_ptrs, scalars)
