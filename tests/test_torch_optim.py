@@ -7,6 +7,7 @@ torch-twin construction helpers at its top, and together they are issue 9's acce
 for the torch face; the compile, distributed and FSDP2 tests live in their own files."""
 from __future__ import annotations
 
+import collections
 import copy
 import inspect
 
@@ -212,6 +213,25 @@ def test_changing_momentum_or_nesterov_between_steps_follows_torch(case):
         for group in opt.param_groups:
             group.update(changes.get(k, {}))
     _both("SGD", kwargs, between)
+
+
+STATE_RESETS = {
+    "state.clear()": lambda opt: opt.state.clear(),
+    "a new state dict": lambda opt: setattr(opt, "state", collections.defaultdict(dict)),
+    "del state[p]": lambda opt: opt.state.pop(opt.param_groups[0]["params"][0]),
+}
+
+
+@pytest.mark.parametrize("reset", list(STATE_RESETS))
+@pytest.mark.parametrize("name,kwargs", [("Adam", dict(lr=1e-2)),
+                                         ("SGD", dict(lr=0.05, momentum=0.9))])
+def test_resetting_the_state_between_steps_follows_torch(reset, name, kwargs):
+    """The usual ways to reset an optimizer mid-run start those parameters afresh, as
+    in torch (the step re-plans from the state it finds)."""
+    def between(k, model, opt):
+        if k == 4:
+            STATE_RESETS[reset](opt)
+    _both(name, kwargs, between)
 
 
 @pytest.mark.parametrize("rebind", ["transposed", "other dtype", "fewer elements"])

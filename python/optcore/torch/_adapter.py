@@ -208,6 +208,9 @@ class _Adapter(torch.optim.Optimizer):
                     index += 1
             inners.append(_Inner(native, [(gi, ps) for gi, _, ps, _ in entries], steps))
         self._inners = inners
+        # what the live state looks like now: a step that finds another object or count (the
+        # user reset it with state.clear(), del state[p] or a new dict) re-plans from it
+        self._state_seen = (self.state, len(self.state))
         # The per-step check: one C++ pass over every parameter (see bind_tensor_gather.cpp).
         flat = [p for g in self.param_groups for p in g["params"]]
         position = {id(p): i for i, p in enumerate(flat)}
@@ -283,6 +286,9 @@ class _Adapter(torch.optim.Optimizer):
         natives = [self._native(g) for g in self.param_groups]
         same_classes = all(natives[gi][0] is type(inner.native)
                            for inner in self._inners for gi, _ in inner.groups)
+        if self._inners and (self.state is not self._state_seen[0]
+                             or len(self.state) != self._state_seen[1]):
+            same_classes = False  # the state was reset or replaced: re-plan from it
         if not same_classes:
             self._key = None
         if gather is not None and same_classes and all(
