@@ -234,6 +234,53 @@ def test_resetting_the_state_between_steps_follows_torch(reset, name, kwargs):
     _both(name, kwargs, between)
 
 
+def test_editing_param_groups_in_place_follows_torch():
+    """torch reads param_groups every step: a parameter swapped in place, a group added
+    and a group removed all change what the next step updates."""
+    results = []
+    for make in (torch.optim.SGD, ot.SGD):
+        a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+        opt = make([a, b], lr=1.0)
+        for q in (a, b, c):
+            q.grad = torch.ones(2)
+        opt.step()
+        opt.param_groups[0]["params"].pop()
+        opt.param_groups[0]["params"].append(c)  # same list, same length, another parameter
+        opt.step()
+        opt.add_param_group({"params": [b]})
+        opt.step()
+        opt.param_groups.pop()
+        opt.step()
+        results.append([q.detach().clone() for q in (a, b, c)])
+    for want, got in zip(*results):
+        assert torch.equal(want, got)
+
+
+def test_a_copied_or_unpickled_optimizer_steps_on_from_its_state():
+    import io
+    (_, oa), (mb, ob) = _both("Adam", dict(lr=1e-2), None)
+    for copy_of in (copy.deepcopy,
+                    lambda o: (lambda b: (torch.save(o, b), b.seek(0),
+                                          torch.load(b, weights_only=False))[2])(io.BytesIO())):
+        twin = copy_of(ob)
+        assert twin.state_dict()["state"].keys() == ob.state_dict()["state"].keys()
+    twin = copy.deepcopy((mb, ob))
+    model, opt = twin
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()  # plans over the carried state instead of failing on missing internals
+
+
+def test_an_option_changed_out_of_range_names_its_torch_group():
+    x, y = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = ot.SGD([{"params": [x]}, {"params": [y], "momentum": 0.9}], lr=0.1)
+    x.grad, y.grad = torch.ones(3), torch.ones(3)
+    opt.step()
+    opt.param_groups[1]["momentum"] = 1.5
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['momentum'\]"):
+        opt.step()
+
+
 @pytest.mark.parametrize("rebind", ["transposed", "other dtype", "fewer elements"])
 def test_rebinding_to_a_view_at_the_same_address_is_caught(rebind):
     """`p.data = v` with v starting where p did keeps the data pointer: the per-step pass

@@ -74,8 +74,20 @@ class TensorGather {
     checked_.assign(params.size(), kUnchecked);
   }
 
-  py::object gather() {
+  py::object gather(const py::list& groups) {
     const size_t n = params_.size();
+    // The groups' parameter lists, as the optimizer has them now, still hold exactly the
+    // planned parameters in order (torch reads param_groups every step: a parameter
+    // swapped in place must re-plan). A pointer comparison per parameter.
+    size_t at = 0;
+    for (const py::handle list : groups) {
+      if (!PyList_Check(list.ptr())) return py::none();
+      const Py_ssize_t len = PyList_GET_SIZE(list.ptr());
+      if (at + static_cast<size_t>(len) > n) return py::none();
+      for (Py_ssize_t j = 0; j < len; ++j)
+        if (PyList_GET_ITEM(list.ptr(), j) != params_[at++].ptr()) return py::none();
+    }
+    if (at != n) return py::none();
     py::array_t<uint64_t> out(static_cast<py::ssize_t>(n));
     uint64_t* ptrs = out.mutable_data();
     for (size_t i = 0; i < n; ++i) {
@@ -223,8 +235,9 @@ void bind_tensor_gather(py::module_& m) {
                     const std::vector<uint64_t>&>(),
            py::arg("params"), py::arg("param_ptrs"), py::arg("planned"), py::arg("grad_nbytes"),
            py::arg("written_starts"), py::arg("written_ends"))
-      .def("gather", &TensorGather::gather,
-           "Gradient data pointers (uint64, 0 where not planned), or None if anything changed.")
+      .def("gather", &TensorGather::gather, py::arg("groups"),
+           "Gradient data pointers (uint64, 0 where not planned), or None if anything changed "
+           "(groups: each param group's list of parameters, as the optimizer holds them now).")
       .def("__len__", &TensorGather::size);
 }
 
