@@ -305,6 +305,21 @@ void bind_update(py::module_& m) {
   m.attr("RANDOM_SEED_SLOT") = int(kRandomSeed);
   m.attr("RANDOM_STEP_SLOT") = int(kRandomStep);
 
+  m.def("same_objects", [](const py::list& lists, const py::list& objects) {
+          // Whether the lists, concatenated, hold exactly `objects` in order (identity).
+          const Py_ssize_t n = PyList_GET_SIZE(objects.ptr());
+          Py_ssize_t at = 0;
+          for (const py::handle list : lists) {
+            if (!PyList_Check(list.ptr())) return false;
+            const Py_ssize_t len = PyList_GET_SIZE(list.ptr());
+            if (at + len > n) return false;
+            for (Py_ssize_t j = 0; j < len; ++j)
+              if (PyList_GET_ITEM(list.ptr(), j) != PyList_GET_ITEM(objects.ptr(), at++)) return false;
+          }
+          return at == n;
+        }, py::arg("lists"), py::arg("objects"),
+        "Whether the lists, concatenated, are exactly these objects in order.");
+
   m.def("numpy_params_unmoved", &numpy_params_unmoved, py::arg("params"), py::arg("ptrs"),
         py::arg("numels"), py::arg("writeable"),
         "Whether each array still has its data pointer, element count (and write flag).");

@@ -163,3 +163,22 @@ def test_second_order_refuses_a_moved_param():
     x.data = torch.zeros(6, dtype=torch.float64)
     with pytest.raises(ValueError, match=MOVED):
         opt.step(closure)
+
+
+def test_editing_a_native_optimizers_param_groups_is_refused_by_name():
+    """The native optimizers' plans, state and masters are laid out for the parameters
+    they were built over: a list edited afterwards is refused, not silently ignored."""
+    a, b = np.zeros(2), np.zeros(2)
+    opt = optcore.SGD([a], lr=1.0)
+    opt.step([np.ones(2)])
+    opt.param_groups[0]["params"][0] = b
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\]: param_groups no"):
+        opt.step([np.ones(2)])
+    opt.param_groups[0]["params"][0] = a
+    opt.param_groups[0]["params"].append(b)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\]"):
+        opt.step([np.ones(2)])
+    np.testing.assert_array_equal(b, np.zeros(2))
+    opt.param_groups[0]["params"].pop()
+    opt.step([np.ones(2)])  # back as built: steps again
+    np.testing.assert_array_equal(a, np.full(2, -2.0))

@@ -136,7 +136,31 @@ class BuffersMixin:
     def _require_params_unmoved(self) -> None:
         """Before a step writes: every parameter is still the memory the plans write (a
         rebind, resize or freed storage since construction raises, naming it)."""
+        lists = [g["params"] for g in self.param_groups]
+        if not _core.same_objects(lists, self._flat):
+            self._refuse_edited_groups(lists)
         self._param_guard.check(self._param_names())
+
+    def _refuse_edited_groups(self, lists) -> None:
+        """Name the first place where param_groups no longer lists the parameters the
+        optimizer was built over (the plans, state and masters are laid out for those)."""
+        at = 0
+        for gi, ps in enumerate(lists):
+            for i, p in enumerate(ps if isinstance(ps, list) else []):
+                if at >= len(self._flat) or p is not self._flat[at]:
+                    break
+                at += 1
+            else:
+                if isinstance(ps, list):
+                    continue
+                i = 0
+            where = f"param_groups[{gi}]['params']" + (f"[{i}]" if isinstance(ps, list) else "")
+            raise ValueError(f"{where}: param_groups no longer lists the parameters this "
+                             "optimizer was built over (edited since construction); a native "
+                             "optimizer keeps its parameters: build a new one (optcore.torch "
+                             "follows such edits)")
+        raise ValueError(f"param_groups: lists {at} parameters, the optimizer was built over "
+                         f"{len(self._flat)}; build a new optimizer over the new list")
 
     def _new_plan(self, gi: int, rule: str, names: Sequence[str], main: bool) -> _plans.Plan:
         """The pointers, dtypes and options of group ``gi``'s buffers, as a plan of ``rule``."""
