@@ -393,7 +393,6 @@ class FastChecker:
         self.kind = frameworks.pop() if len(frameworks) == 1 else "mixed"
         self.written = written
         self.nbytes = np.array([v.nbytes for v in views], dtype=np.uint64)
-
         if self.kind == "numpy":
             # one C++ pass over the list: dtype, shape, flags and aliasing
             self.numpy = _core.NumpyGradChecker([v.dtype for v in views], [list(v.shape) for v in views],

@@ -144,21 +144,17 @@ class BuffersMixin:
     def _refuse_edited_groups(self, lists) -> None:
         """Name the first place where param_groups no longer lists the parameters the
         optimizer was built over (the plans, state and masters are laid out for those)."""
+        edited = ("param_groups no longer lists the parameters this optimizer was built over "
+                  "(edited since construction); a native optimizer keeps its parameters: build "
+                  "a new one (optcore.torch follows such edits)")
         at = 0
         for gi, ps in enumerate(lists):
-            for i, p in enumerate(ps if isinstance(ps, list) else []):
+            if not isinstance(ps, list):
+                raise ValueError(f"param_groups[{gi}]['params']: {edited}")
+            for i, p in enumerate(ps):
                 if at >= len(self._flat) or p is not self._flat[at]:
-                    break
+                    raise ValueError(f"param_groups[{gi}]['params'][{i}]: {edited}")
                 at += 1
-            else:
-                if isinstance(ps, list):
-                    continue
-                i = 0
-            where = f"param_groups[{gi}]['params']" + (f"[{i}]" if isinstance(ps, list) else "")
-            raise ValueError(f"{where}: param_groups no longer lists the parameters this "
-                             "optimizer was built over (edited since construction); a native "
-                             "optimizer keeps its parameters: build a new one (optcore.torch "
-                             "follows such edits)")
         raise ValueError(f"param_groups: lists {at} parameters, the optimizer was built over "
                          f"{len(self._flat)}; build a new optimizer over the new list")
 

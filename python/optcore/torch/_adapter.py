@@ -90,12 +90,11 @@ class _Adapter(torch.optim.Optimizer):
 
     # -- internals
     def _groups_unchanged(self) -> bool:
-        """The param groups hold the parameter lists the last plan was built over, of the
-        same lengths (a list replaced, a group added or removed, a parameter appended or
-        popped); O(groups). A parameter swapped in place is caught by the gather pass."""
-        groups, seen = self.param_groups, self._groups_seen
-        return len(groups) == len(seen) and all(
-            g["params"] is ps and len(ps) == n for g, (ps, n) in zip(groups, seen))
+        """The param groups still hold the list objects the last plan was built over (not a
+        list replaced, a group added or removed); O(groups). What the lists hold (a
+        parameter appended, popped or swapped in place) the gather pass compares."""
+        groups, lists = self.param_groups, self._param_lists
+        return len(groups) == len(lists) and all(g["params"] is ps for g, ps in zip(groups, lists))
 
     def __getstate__(self) -> Dict[str, Any]:
         # torch pickles defaults, state and param_groups; the construction options go too
@@ -240,8 +239,7 @@ class _Adapter(torch.optim.Optimizer):
         # what the live state looks like now: a step that finds another object or count (the
         # user reset it with state.clear(), del state[p] or a new dict) re-plans from it
         self._state_seen = (self.state, len(self.state))
-        # and the groups' parameter lists: one added, removed or grown in place re-plans
-        self._groups_seen = [(g["params"], len(g["params"])) for g in self.param_groups]
+        # and the groups' parameter lists, which the gather pass reads every step
         self._param_lists = [g["params"] for g in self.param_groups]
         # The per-step check: one C++ pass over every parameter (see bind_tensor_gather.cpp).
         flat = [p for g in self.param_groups for p in g["params"]]
@@ -318,14 +316,14 @@ class _Adapter(torch.optim.Optimizer):
         natives = [self._native(g) for g in self.param_groups]
         # A state reset or replaced (state.clear(), a new dict), edited parameter lists or a
         # group now mapping to another class: re-plan from what the optimizer holds now.
-        same_classes = not self._inners or (
+        plan_current = not self._inners or (
             self.state is self._state_seen[0] and len(self.state) == self._state_seen[1]
             and self._groups_unchanged()
             and all(natives[gi][0] is type(inner.native)
                     for inner in self._inners for gi, _ in inner.groups))
-        if not same_classes:
+        if not plan_current:
             self._key = None
-        if gather is not None and same_classes and all(
+        if gather is not None and plan_current and all(
                 inner.native._written is w for inner, w in zip(self._inners, self._written)):
             ptrs = gather.gather(self._param_lists)
         if ptrs is None:
