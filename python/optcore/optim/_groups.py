@@ -103,8 +103,8 @@ class GroupsMixin:
     # ---------------------------------------------------------------- per-step re-checks
     # Options can change between steps through param_groups (as in torch.optim). Each step
     # re-runs the constructor's checks of a group whose options changed since they were last
-    # checked (a tuple of its items, compared by identity then equality), before anything
-    # is written; an unchanged group costs one tuple comparison.
+    # checked (a tuple of its values, compared by identity then equality), before anything
+    # is written; an unchanged group costs one tuple comparison (about 0.1 us).
 
     def _checked_groups(self) -> List[Dict[str, Any]]:
         """The groups the next step runs, each checked: the group itself, or a copy holding
@@ -113,7 +113,7 @@ class GroupsMixin:
         out = []
         for gi, group in enumerate(self.param_groups):
             group = self._scheduled(group, gi)
-            key = tuple(group.items())
+            key = tuple(group.values())
             try:
                 same = key == self._checked_keys[gi]
             except Exception:  # values whose == is not a bool (arrays): check them again
@@ -138,11 +138,12 @@ class GroupsMixin:
                                  "optimizer")
             self._group_rules[gi] = rule  # no state has been built by the old rule yet
         self._checked_keys[gi] = key
+        self._checked_names[gi] = tuple(group)
 
     def _changed_options(self, gi: int, group: Dict[str, Any]) -> List[str]:
         """Names (as ``['key']``) of the options of group ``gi`` that differ from the last
         checked ones."""
-        old = dict(self._checked_keys[gi] or ())
+        old = dict(zip(self._checked_names[gi], self._checked_keys[gi]))
         out = []
         for k, v in group.items():
             try:

@@ -131,7 +131,8 @@ class StateDictMixin:
             self._steps[gi] = step
             # the loaded state was built by the loaded options' rule
             self._group_rules[gi] = self.rule_for(self.param_groups[gi])
-            self._checked_keys[gi] = tuple(self.param_groups[gi].items())
+            self._checked_keys[gi] = tuple(self.param_groups[gi].values())
+            self._checked_names[gi] = tuple(self.param_groups[gi])
         self.skipped_steps = counters["skipped_steps"]
         self._averaged_steps = counters["averaged_steps"]
 

@@ -119,7 +119,8 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
         # The rule each group's state is built by, and its options as last checked (see
         # GroupsMixin._checked_groups: a step re-checks a group whose options changed).
         self._group_rules = [self.rule_for(g) for g in self.param_groups]
-        self._checked_keys: List[Any] = [tuple(g.items()) for g in self.param_groups]
+        self._checked_keys: List[Any] = [tuple(g.values()) for g in self.param_groups]
+        self._checked_names: List[Any] = [tuple(g) for g in self.param_groups]
         self._state_formats = self._resolve_state_dtype(state_dtype)
         self.state_dtype = state_dtype
         self._check_stochastic_rounding()
