@@ -207,7 +207,7 @@ def test_schedules_still_reach_param_groups():
 # ------------------------------------------------------------------ load_state_dict
 LOADS = [
     (optcore.Adam, {}, "amsgrad", True, ValueError, r"AdamAmsgradRule"),
-    (optcore.Adam, {}, "foo", 1, ValueError, r"unknown hyper-parameter.*'foo'"),
+    (optcore.Adam, {}, "foo", 1, TypeError, r"unknown hyper-parameter.*'foo'"),
     (optcore.Momentum, dict(convention="torch"), "dampening", NAN, ValueError, r"\['dampening'\]"),
     (optcore.Nesterov, dict(convention="torch"), "dampening", 0.5, ValueError, r"\['dampening'\]"),
     (optcore.Momentum, {}, "convention", "bogus", ValueError, r"\['convention'\]"),

@@ -43,12 +43,16 @@ class GroupsMixin:
         for gi, group in enumerate(self._normalize_groups(params)):
             merged = dict(self.defaults)
             merged.update(group)
-            unknown = set(merged) - set(self.defaults) - {"params"}
-            if unknown:
-                raise TypeError(f"param_groups[{gi}]: unknown hyper-parameter(s) {sorted(unknown)} "
-                                f"for {type(self).__name__} (expected {sorted(self.defaults)})")
+            self._check_known(merged, f"param_groups[{gi}]")
             out.append(merged)
         return out
+
+    def _check_known(self, group: Dict[str, Any], where: str) -> None:
+        """Refuse keys of ``group`` that are not hyper-parameters of this class."""
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise TypeError(f"{where}: unknown hyper-parameter(s) {sorted(unknown)} "
+                            f"for {type(self).__name__} (expected {sorted(self.defaults)})")
 
     def _param_names(self) -> List[str]:
         if len(self.param_groups) == 1:
@@ -172,20 +176,18 @@ class GroupsMixin:
         """Write the scheduled values of checked ``groups`` into ``param_groups``."""
         for mine, checked in zip(self.param_groups, groups):
             if checked is not mine:
-                for key in ("lr", "momentum"):
-                    if key in checked:
-                        mine[key] = checked[key]
+                if checked.get("schedule") is not None:
+                    mine["lr"] = checked["lr"]
+                if checked.get("momentum_schedule") is not None:
+                    mine["momentum"] = checked["momentum"]
 
     def _loaded_group(self, gi: int, saved: Dict[str, Any]) -> Dict[str, Any]:
         """Group ``gi`` with the options of a saved group merged in, after the constructor's
         checks (unknown keys, every option's value, the state it needs)."""
         where = f"state_dict param_groups[{gi}]"
-        unknown = set(saved) - set(self.defaults) - {"params", "step"}
-        if unknown:
-            raise ValueError(f"{where}: unknown hyper-parameter(s) {sorted(unknown)} for "
-                             f"{type(self).__name__} (expected {sorted(self.defaults)})")
         merged = dict(self.param_groups[gi])
         merged.update({k: v for k, v in saved.items() if k not in ("params", "step")})
+        self._check_known(merged, where)
         self._check_group(merged, where)
         self._check_rule(gi, merged, where)
         return merged
