@@ -7,6 +7,7 @@ torch-twin construction helpers at its top, and together they are issue 9's acce
 for the torch face; the compile, distributed and FSDP2 tests live in their own files."""
 from __future__ import annotations
 
+import collections
 import copy
 import inspect
 
@@ -192,6 +193,113 @@ def test_storage_rebound_between_steps_follows_the_new_storage():
     (ma, oa), (mb, ob) = _both("Adam", dict(lr=1e-2, weight_decay=0.1), between)
     for old, snapshot in old_storage[id(ob)]:
         assert torch.equal(old, snapshot), "a step wrote to storage the parameter no longer owns"
+
+
+MOMENTUM_CHANGES = {
+    "momentum 0 -> 0.9": (dict(lr=0.05), {3: dict(momentum=0.9)}),
+    "momentum 0.9 -> 0": (dict(lr=0.05, momentum=0.9), {3: dict(momentum=0.0)}),
+    "nesterov on and off": (dict(lr=0.05, momentum=0.9), {3: dict(nesterov=True),
+                                                         6: dict(nesterov=False)}),
+}
+
+
+@pytest.mark.parametrize("case", list(MOMENTUM_CHANGES))
+def test_changing_momentum_or_nesterov_between_steps_follows_torch(case):
+    """What lr schedulers such as OneCycleLR do to momentum: a change that needs another
+    native rule re-plans, carrying momentum_buffer, and the trajectory stays torch's."""
+    kwargs, changes = MOMENTUM_CHANGES[case]
+
+    def between(k, model, opt):
+        for group in opt.param_groups:
+            group.update(changes.get(k, {}))
+    _both("SGD", kwargs, between)
+
+
+STATE_RESETS = {
+    "state.clear()": lambda opt: opt.state.clear(),
+    "a new state dict": lambda opt: setattr(opt, "state", collections.defaultdict(dict)),
+    "del state[p]": lambda opt: opt.state.pop(opt.param_groups[0]["params"][0]),
+}
+
+
+@pytest.mark.parametrize("reset", list(STATE_RESETS))
+@pytest.mark.parametrize("name,kwargs", [("Adam", dict(lr=1e-2)),
+                                         ("SGD", dict(lr=0.05, momentum=0.9))])
+def test_resetting_the_state_between_steps_follows_torch(reset, name, kwargs):
+    """The usual ways to reset an optimizer mid-run start those parameters afresh, as
+    in torch (the step re-plans from the state it finds)."""
+    def between(k, model, opt):
+        if k == 4:
+            STATE_RESETS[reset](opt)
+    _both(name, kwargs, between)
+
+
+def test_editing_param_groups_in_place_follows_torch():
+    """torch reads param_groups every step: a parameter swapped in place, a group added
+    and a group removed all change what the next step updates."""
+    results = []
+    for make in (torch.optim.SGD, ot.SGD):
+        a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+        opt = make([a, b], lr=1.0)
+        for q in (a, b, c):
+            q.grad = torch.ones(2)
+        opt.step()
+        opt.param_groups[0]["params"].pop()
+        opt.param_groups[0]["params"].append(c)  # same list, same length, another parameter
+        opt.step()
+        opt.add_param_group({"params": [b]})
+        opt.step()
+        opt.param_groups.pop()
+        opt.step()
+        results.append([q.detach().clone() for q in (a, b, c)])
+    for want, got in zip(*results):
+        assert torch.equal(want, got)
+
+
+def test_a_copied_or_unpickled_optimizer_steps_on_from_its_state():
+    import io
+    (_, oa), (mb, ob) = _both("Adam", dict(lr=1e-2), None)
+    for copy_of in (copy.deepcopy,
+                    lambda o: (lambda b: (torch.save(o, b), b.seek(0),
+                                          torch.load(b, weights_only=False))[2])(io.BytesIO())):
+        twin = copy_of(ob)
+        assert twin.state_dict()["state"].keys() == ob.state_dict()["state"].keys()
+    twin = copy.deepcopy((mb, ob))
+    model, opt = twin
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()  # plans over the carried state instead of failing on missing internals
+
+
+def test_an_option_changed_out_of_range_names_its_torch_group():
+    x, y = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = ot.SGD([{"params": [x]}, {"params": [y], "momentum": 0.9}], lr=0.1)
+    x.grad, y.grad = torch.ones(3), torch.ones(3)
+    opt.step()
+    opt.param_groups[1]["momentum"] = 1.5
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['momentum'\]"):
+        opt.step()
+
+
+@pytest.mark.parametrize("rebind", ["transposed", "other dtype", "fewer elements"])
+def test_rebinding_to_a_view_at_the_same_address_is_caught(rebind):
+    """`p.data = v` with v starting where p did keeps the data pointer: the per-step pass
+    also compares the parameter's dtype, bytes and layout, so the step is refused by name
+    (torch.optim raises on these too) instead of writing through the old plan."""
+    p = torch.nn.Parameter(torch.zeros(4, 4))
+    opt = ot.SGD([p], lr=1.0)
+    p.grad = torch.ones(4, 4)
+    opt.step()
+    if rebind == "transposed":
+        p.data = p.data.t()
+    elif rebind == "other dtype":
+        p.data = p.data.view(torch.float16)
+    else:
+        p.data = p.data[:2]
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\]"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
 
 
 # ---------------------------------------------------------------- state dicts

@@ -10,8 +10,9 @@
 // to the parameter's, but `p.grad.data = x` can change both; a grad of the
 // same count in another shape passes here, read in its flat order, which is
 // the parameter's: reading its shape would cost a tuple per grad and step)
-// sharing no byte with a buffer the step writes, and still owns the storage
-// the plan writes; every unplanned one still has no grad.
+// sharing no byte with a buffer the step writes, and still is the memory the
+// plan writes (its pointer, dtype, byte count and contiguity: `p.data = v` can
+// change any of them); every unplanned one still has no grad.
 // Anything else returns None and the caller re-plans or names the bad argument
 // (the plan never writes storage a parameter no longer owns).
 #include <pybind11/numpy.h>
@@ -73,8 +74,20 @@ class TensorGather {
     checked_.assign(params.size(), kUnchecked);
   }
 
-  py::object gather() {
+  py::object gather(const py::list& groups) {
     const size_t n = params_.size();
+    // The groups' parameter lists, as the optimizer has them now, still hold exactly the
+    // planned parameters in order (torch reads param_groups every step: a parameter
+    // swapped in place must re-plan). A pointer comparison per parameter.
+    size_t at = 0;
+    for (const py::handle list : groups) {
+      if (!PyList_Check(list.ptr())) return py::none();
+      const Py_ssize_t len = PyList_GET_SIZE(list.ptr());
+      if (at + static_cast<size_t>(len) > n) return py::none();
+      for (Py_ssize_t j = 0; j < len; ++j)
+        if (PyList_GET_ITEM(list.ptr(), j) != params_[at++].ptr()) return py::none();
+    }
+    if (at != n) return py::none();
     py::array_t<uint64_t> out(static_cast<py::ssize_t>(n));
     uint64_t* ptrs = out.mutable_data();
     for (size_t i = 0; i < n; ++i) {
@@ -97,6 +110,10 @@ class TensorGather {
                 as_u64(get(gs.nbytes, g)) == grad_nbytes_[i] && is_true(call(gs.is_contiguous, g));
       uint64_t grad_ptr = 0;
       if (ok) ok = as_u64(call(ps.data_ptr, p)) == param_ptrs_[i];  // else: storage rebound
+      // `p.data = v` with v at the same address (a transpose, another dtype, fewer
+      // elements) leaves the pointer: the parameter's own dtype, bytes and layout too.
+      if (ok) ok = same(get(ps.dtype, p), dtypes_[i].ptr()) &&
+                   as_u64(get(ps.nbytes, p)) == grad_nbytes_[i] && is_true(call(ps.is_contiguous, p));
       if (ok) grad_ptr = as_u64(call(gs.data_ptr, g));
       if (PyErr_Occurred()) {
         PyErr_Clear();
@@ -218,8 +235,9 @@ void bind_tensor_gather(py::module_& m) {
                     const std::vector<uint64_t>&>(),
            py::arg("params"), py::arg("param_ptrs"), py::arg("planned"), py::arg("grad_nbytes"),
            py::arg("written_starts"), py::arg("written_ends"))
-      .def("gather", &TensorGather::gather,
-           "Gradient data pointers (uint64, 0 where not planned), or None if anything changed.")
+      .def("gather", &TensorGather::gather, py::arg("groups"),
+           "Gradient data pointers (uint64, 0 where not planned), or None if anything changed "
+           "(groups: each param group's list of parameters, as the optimizer holds them now).")
       .def("__len__", &TensorGather::size);
 }
 

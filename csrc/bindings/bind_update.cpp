@@ -121,6 +121,32 @@ class UpdatePlan {
 // numpy's flag bits (numpy/ndarraytypes.h).
 constexpr int kNpyCContiguous = 0x0001;
 constexpr int kNpyAligned = 0x0100;
+constexpr int kNpyWriteable = 0x0400;
+
+// Whether every parameter array is still the memory a plan writes: an ndarray
+// whose data pointer and element count are those it had when the plan was
+// built, and (with `writeable`) still writeable: ndarray.resize moves or
+// shrinks it, and a flag can be cleared after construction. One pass, no
+// Python objects per item.
+bool numpy_params_unmoved(const py::list& params, py::array_t<uint64_t, py::array::c_style> ptrs,
+                          py::array_t<int64_t, py::array::c_style> numels, bool writeable) {
+  const size_t n = static_cast<size_t>(params.size());
+  if (static_cast<size_t>(ptrs.size()) != n || static_cast<size_t>(numels.size()) != n)
+    throw py::value_error("numpy_params_unmoved: params, ptrs and numels differ in length");
+  const uint64_t* want = ptrs.data();
+  const int64_t* count = numels.data();
+  for (size_t i = 0; i < n; ++i) {
+    py::handle h = params[i];
+    if (!py::isinstance<py::array>(h)) return false;
+    const auto* a = py::detail::array_proxy(h.ptr());
+    if (reinterpret_cast<uint64_t>(a->data) != want[i]) return false;
+    if (writeable && !(a->flags & kNpyWriteable)) return false;
+    int64_t size = 1;
+    for (int d = 0; d < a->nd; ++d) size *= a->dimensions[d];
+    if (size != count[i]) return false;
+  }
+  return true;
+}
 
 // The per-step check of a gradient list against a fixed parameter list, for
 // numpy inputs, in one pass without Python objects per item: every item must
@@ -184,7 +210,15 @@ class NumpyGradChecker {
  private:
   static int itemsize(int code) { return code == 1 ? 8 : code == 0 ? 4 : 2; }
   static int dtype_code(const py::dtype& dt) {
-    if (dt.kind() != 'f') return -1;
+    // A byte-swapped dtype (numpy's byteorder '>' on a little-endian machine) holds no
+    // floats the kernels can read.
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    constexpr char kSwapped = '<';
+#else
+    constexpr char kSwapped = '>';
+#endif
+    if (dt.kind() != 'f' || py::detail::array_descriptor_proxy(dt.ptr())->byteorder == kSwapped)
+      return -1;
     switch (dt.itemsize()) {
       case 4: return 0;
       case 8: return 1;
@@ -270,6 +304,10 @@ void bind_update(py::module_& m) {
   m.attr("DECOUPLED_DECAY_SLOT") = int(kDecoupledDecay);
   m.attr("RANDOM_SEED_SLOT") = int(kRandomSeed);
   m.attr("RANDOM_STEP_SLOT") = int(kRandomStep);
+
+  m.def("numpy_params_unmoved", &numpy_params_unmoved, py::arg("params"), py::arg("ptrs"),
+        py::arg("numels"), py::arg("writeable"),
+        "Whether each array still has its data pointer, element count (and write flag).");
 
   py::class_<NumpyGradChecker>(m, "NumpyGradChecker")
       .def(py::init<const std::vector<int>&, const std::vector<std::vector<int64_t>>&,

@@ -76,8 +76,15 @@ def is_cupy(obj: Any) -> bool:
 
 
 def _numpy_dtype_code(dt: np.dtype) -> int:
-    name = dt.name
-    return DTYPE_CODES.get(name, -1)
+    # The kernels read native-order values: a byte-swapped float32 ('>f4' here) has the
+    # name 'float32' but is not one.
+    if not dt.isnative:
+        return -1
+    return DTYPE_CODES.get(dt.name, -1)
+
+
+def _numpy_dtype_name(dt: np.dtype) -> str:
+    return dt.name if dt.isnative else f"{dt.name} in non-native byte order ('{dt.str}')"
 
 
 def view_of(obj: Any, name: str) -> View:
@@ -86,7 +93,8 @@ def view_of(obj: Any, name: str) -> View:
         flags = obj.flags
         return View(
             obj=obj, ptr=int(obj.__array_interface__["data"][0]), numel=int(obj.size),
-            dtype=_numpy_dtype_code(obj.dtype), dtype_name=obj.dtype.name, shape=tuple(obj.shape),
+            dtype=_numpy_dtype_code(obj.dtype), dtype_name=_numpy_dtype_name(obj.dtype),
+            shape=tuple(obj.shape),
             device="cpu", device_id=-1, framework="numpy", writeable=bool(flags.writeable),
             contiguous=bool(flags.c_contiguous), aligned=bool(flags.aligned),
             itemsize=int(obj.dtype.itemsize),
@@ -114,7 +122,7 @@ def view_of(obj: Any, name: str) -> View:
         ptr, readonly = cai["data"]
         return View(
             obj=obj, ptr=int(ptr), numel=int(obj.size), dtype=_numpy_dtype_code(obj.dtype),
-            dtype_name=obj.dtype.name, shape=tuple(obj.shape), device="cuda",
+            dtype_name=_numpy_dtype_name(obj.dtype), shape=tuple(obj.shape), device="cuda",
             device_id=int(obj.device.id), framework="cupy", writeable=not readonly,
             contiguous=bool(obj.flags.c_contiguous),
             aligned=int(ptr) % max(1, obj.dtype.itemsize) == 0, itemsize=int(obj.dtype.itemsize),
@@ -153,6 +161,29 @@ def require_writeable(v: View, name: str) -> None:
     if not v.writeable:
         raise ValueError(f"{name}: the array is read-only, and optcore updates it in place "
                          "(it never copies silently)")
+
+
+def increment_versions(tensors: List[Any]) -> None:
+    """Bump the autograd version counters of torch tensors written in place by a kernel
+    (one C call for the list; torch.autograd.graph.increment_version is its public face)."""
+    _torch_module().autograd.graph.increment_version(tensors)
+
+
+def require_unmoved(views: Sequence[View], names: Sequence[str], writeable: bool = True) -> None:
+    """Every parameter is still the memory (pointer, size, dtype, write access) its view
+    recorded when the optimizer was built; else a ValueError naming the first that is not."""
+    for v, name in zip(views, names):
+        now = view_of(v.obj, name)
+        if now.ptr != v.ptr or now.numel != v.numel or now.dtype != v.dtype:
+            raise ValueError(
+                f"{name}: is no longer the memory this optimizer was built over (it was "
+                f"{v.numel} x {v.dtype_name} at {v.ptr:#x}, it is {now.numel} x {now.dtype_name} "
+                f"at {now.ptr:#x}: rebound, resized or its storage freed since). optcore never "
+                "touches memory a parameter no longer owns; build the optimizer (or average) "
+                "again over the parameters as they are now (optcore.torch re-plans by itself)")
+        if writeable and not now.writeable:
+            raise ValueError(f"{name}: has become read-only since the optimizer was built, and "
+                             "optcore updates it in place")
 
 
 def require_contiguous(v: View, name: str) -> None:
@@ -316,6 +347,40 @@ def copy_into(dst: Any, src: Any) -> None:
         dst.reshape(-1)[...] = src.reshape(-1)
 
 
+class ParamGuard:
+    """Whether arrays are still the memory a plan was built over (their data pointer and,
+    for numpy and cupy, element count; with ``writeable``, numpy's write flag too), checked
+    before each launch that reads or writes them: a tensor rebound with ``.data =``, a freed
+    or resized storage, ``ndarray.resize``. ``check(names)`` raises naming the first that
+    moved (require_unmoved)."""
+
+    def __init__(self, views: Sequence[View], writeable: bool = True):
+        frameworks = {v.framework for v in views}
+        self.kind = frameworks.pop() if len(frameworks) == 1 else "mixed"
+        self.views = list(views)
+        self.writeable = writeable
+        self.objs = [v.obj for v in views]
+        self.ptrs = np.array([v.ptr for v in views], dtype=np.uint64)
+        self.numels = np.array([v.numel for v in views], dtype=np.int64)
+        self.ptr_list = [int(v.ptr) for v in views]
+
+    def unmoved(self) -> bool:
+        if self.kind == "numpy":
+            return _core.numpy_params_unmoved(self.objs, self.ptrs, self.numels, self.writeable)
+        if self.kind == "torch":
+            # torch's storage never shrinks in place (resize_ to fewer elements keeps it),
+            # so a pointer still equal is still the memory the plan writes
+            return all(p.data_ptr() == q for p, q in zip(self.objs, self.ptr_list))
+        if self.kind == "cupy":
+            return all(p.data.ptr == q and p.size == n for p, q, n in
+                       zip(self.objs, self.ptr_list, self.numels))
+        return False
+
+    def check(self, names: Sequence[str]) -> None:
+        if not self.unmoved():
+            require_unmoved(self.views, names, self.writeable)
+
+
 class FastChecker:
     """Per-step gradient checks for a fixed parameter list, in the cheapest form each
     framework allows. ``pointers(items)`` returns the data pointers when every item
@@ -328,6 +393,7 @@ class FastChecker:
         self.kind = frameworks.pop() if len(frameworks) == 1 else "mixed"
         self.written = written
         self.nbytes = np.array([v.nbytes for v in views], dtype=np.uint64)
+
         if self.kind == "numpy":
             # one C++ pass over the list: dtype, shape, flags and aliasing
             self.numpy = _core.NumpyGradChecker([v.dtype for v in views], [list(v.shape) for v in views],

@@ -79,6 +79,8 @@ class _Average:
             [a.dtype for a in avg_views], [], (first.device, first.device_id), first,
             grad_dtypes=[v.dtype for v in self._views])
         self._param_ptrs = np.array([v.ptr for v in self._views], dtype="uint64")
+        self._guard = A.ParamGuard(self._views, writeable=False)  # update() reads them
+        self._names = [f"{name}[{i}]" for i in range(len(self._views))]
         self.count = 0
 
     def _weight(self) -> float:
@@ -86,6 +88,7 @@ class _Average:
 
     def update(self) -> None:
         """Fold the parameters' current values into the average (one fused pass)."""
+        self._guard.check(self._names)
         self._plan.step(self._param_ptrs, [1.0, self._weight()])
         self.count += 1
 

@@ -154,3 +154,15 @@ def test_failed_step_check_fails_on_every_rank_before_any_write(run):
     for r in range(n):
         for i, w in enumerate(params):
             assert np.array_equal(saved[r][f"after_bad/{i}"], w)
+
+
+def test_shared_or_overlapping_parameters_refused_as_by_the_plain_optimizer():
+    """A parameter listed twice, or two sharing memory, would have one of their gradients
+    dropped when the buckets are written back: refused at construction, by name."""
+    p = np.ones(4)
+    base = np.ones(8)
+    for params, match in (([p, p], r"params\[1\]"), ([base[:5], base[3:]], r"params\[1\]")):
+        with pytest.raises(ValueError, match=match):
+            optcore.SGD(params, lr=0.1)
+        with pytest.raises(ValueError, match=match):
+            ShardedOptimizer(optcore.SGD, params, comm=False, lr=0.1)

@@ -202,6 +202,9 @@ class ShardedOptimizer:
             if (v.device, v.device_id) != (self._views[0].device, self._views[0].device_id):
                 raise ValueError(f"{n}: on {v.where}, but params[0] is on "
                                  f"{self._views[0].where}; one optimizer updates one device")
+        # as the plain optimizer: a parameter listed twice, or two sharing memory, would have
+        # one of its gradients silently dropped when the buckets are written back
+        A.require_no_overlap(self._views, self._names)
         self._group_of: List[int] = []
         self._buckets: List[_Bucket] = []
         index = 0

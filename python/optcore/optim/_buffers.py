@@ -124,6 +124,20 @@ class BuffersMixin:
             plan = self._plans[key] = self._new_plan(gi, rule, names, main)
         return plan
 
+    def _mark_params_written(self) -> None:
+        """After a launch that wrote the parameters: bump the autograd version of every torch
+        parameter, as torch's own in-place ops do, so that a graph which saved one raises
+        at backward instead of computing gradients from the changed values. (optcore.torch's
+        parameters are detached aliases, which share the counter with the user's.)"""
+        torch_params = self._torch_params
+        if torch_params:
+            A.increment_versions(torch_params)
+
+    def _require_params_unmoved(self) -> None:
+        """Before a step writes: every parameter is still the memory the plans write (a
+        rebind, resize or freed storage since construction raises, naming it)."""
+        self._param_guard.check(self._param_names())
+
     def _new_plan(self, gi: int, rule: str, names: Sequence[str], main: bool) -> _plans.Plan:
         """The pointers, dtypes and options of group ``gi``'s buffers, as a plan of ``rule``."""
         lo, hi = self._offsets[gi], self._offsets[gi + 1]

@@ -24,6 +24,7 @@ class GradsMixin:
     # ------------------------------------------------------------------ gradients
     def _check_grads(self, grads: Any) -> np.ndarray:
         """Validate the gradient list; return its data pointers (uint64, flat order)."""
+        self._require_params_unmoved()
         items = A.as_list(grads, "grads")
         if len(items) != len(self._flat):
             raise ValueError(f"grads: expected {len(self._flat)} gradients (one per parameter), "
@@ -38,6 +39,8 @@ class GradsMixin:
         self._written = A.Intervals(written, self._param_names() +
                                     ["optimizer state"] * (len(written) - len(self._flat)))
         self._fast_checker = A.FastChecker(self._views, self._written)
+        self._param_guard = A.ParamGuard(self._views)
+        self._torch_params = [v.obj for v in self._views if v.framework == "torch"]
 
     def _check_grads_slow(self, items: List[Any]) -> np.ndarray:
         ptrs = np.empty(len(items), dtype=np.uint64)

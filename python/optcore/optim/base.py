@@ -260,6 +260,7 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
         capturing = self._capturing()
         self._launch(group_scalars, multiplier,
                      lambda gi, plan, scalars: plan.step(self._slice(grad_ptrs, gi), scalars))
+        self._mark_params_written()
         if capturing:
             # Recorded into the graph, not run: graph_step() takes and counts each replay.
             self._captured = True
@@ -293,8 +294,10 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
         if not self._captured:
             raise RuntimeError("graph_step: no step(grads) of this optimizer has been captured in a "
                                "CUDA graph; capture one first (see the docstring)")
+        self._require_params_unmoved()  # the replay writes the pointers it captured
         self._launch(self._all_scalars(), 1.0,
                      lambda gi, plan, scalars: plan.set_graph_scalars(scalars))
+        self._mark_params_written()  # by the replay that follows
         self._advance()
 
     def _launch(self, group_scalars: List[List[float]], multiplier: float,
@@ -341,6 +344,7 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
             self.step(grads, grad_scale=None if not check_finite else 1.0 / inv_scale)
             return loss
         lookahead_names, apply_rule, apply_names = self.closure_rules
+        self._require_params_unmoved()  # the look-ahead below writes before _check_grads runs
         groups = self._checked_groups()  # the constructor's checks, before anything is written
         scalars = []
         for gi, group in enumerate(groups):
@@ -370,6 +374,7 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
                                          groups[gi], step=self._steps[gi] + 1, seed=self.seed)
             self._plan(gi, apply_rule, apply_names, main=True).step(self._slice(grad_ptrs, gi), apply)
             self._steps[gi] += 1
+        self._mark_params_written()
         self._count_average()
         return loss
 

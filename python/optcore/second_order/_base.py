@@ -102,6 +102,9 @@ class _SecondOrder:
             if v.where != views[0].where:
                 raise ValueError(f"{name}: on {v.where}, params[0] is on {views[0].where}")
         _arrays.require_no_overlap(views, [f"params[{i}]" for i in range(len(views))])
+        # the flat views below alias the parameters' memory as it is now: step() checks first
+        self._param_guard = _arrays.ParamGuard(views)
+        self._param_names = [f"params[{i}]" for i in range(len(views))]
         flats = [_arrays.ndarray_view(p, f"params[{i}]") for i, p in enumerate(self._params)]
         self._flat = [f for f, _ in flats]
         self.xp = flats[0][1]
@@ -264,6 +267,7 @@ class _SecondOrder:
         the last finite iterate, ``success`` becomes False and ``message`` says why."""
         if not callable(closure):
             raise TypeError("closure: expected a callable closure(params) -> (loss, grads)")
+        self._param_guard.check(self._param_names)
         self._options = self._check_group(self.param_groups[0], "param_groups[0]")
         obj = self._new_objective(self._evaluate_closure(closure), list(self._flat))
         x = self._gather_params()

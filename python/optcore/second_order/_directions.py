@@ -25,6 +25,7 @@ class LBFGSEngine(EngineState):
     name = "lbfgs"
     # The ring buffers, the pair recorded for the next direction, and the kernel
     # workspace's ring metadata (count, oldest, γ and the compact form's products).
+    state_exact_dtype = True  # the fused direction kernel reads g_old/g_new as dtype
     state_arrays = ("S", "Y", "d", "s", "y", "_g_old", "_g_new")
     state_refs = ("_g_old", "_g_new")
     state_values = ("_step", "pending", "accepted", "rejected")
@@ -272,7 +273,7 @@ class CGEngine(EngineState):
                                     or not math.isfinite(restart) or int(restart) != restart
                                     or restart < 1):
             raise ValueError(f"restart: expected a positive integer, got {restart!r}")
-        self.n, self.xp, self.beta_rule = n, xp, beta
+        self.n, self.xp, self.beta_rule, self.dtype = n, xp, beta, np.dtype(dtype)
         self.restart = int(restart) if restart is not None else max(n, 1)
         self.g_prev = None
         self.d_prev = None

@@ -22,6 +22,17 @@ class EngineState:
     #: arrays held by reference (the caller's gradient vectors): loaded as new arrays
     state_refs: Tuple[str, ...] = ()
 
+    #: whether vectors loaded where none is held must have the engine's own dtype (those a
+    #: fused kernel reads as that type); else any native-order float vector is taken as is
+    state_exact_dtype = False
+
+    def _loaded_dtype(self, got: np.dtype) -> np.dtype:
+        """The dtype a loaded vector must have ('>f8' is not float64: a kernel would read
+        its bytes swapped)."""
+        if self.state_exact_dtype:
+            return np.dtype(self.dtype)
+        return got.newbyteorder("=") if got.kind == "f" else np.dtype(np.float64)
+
     def state_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {k: getattr(self, k) for k in self.state_values}
         for k in self.state_arrays:
@@ -51,9 +62,10 @@ class EngineState:
                 if host.shape != tuple(live.shape) or host.dtype != live.dtype:
                     raise ValueError(f"state_dict: engine state '{k}' must be {live.dtype} of "
                                      f"shape {tuple(live.shape)}, got {host.dtype} {host.shape}")
-            elif host.shape != (self.n,) or host.dtype.kind != "f":
-                raise ValueError(f"state_dict: engine state '{k}' must be a float vector of "
-                                 f"{self.n} elements, got {host.dtype} {host.shape}")
+            elif host.shape != (self.n,) or host.dtype != self._loaded_dtype(host.dtype):
+                raise ValueError(f"state_dict: engine state '{k}' must be a "
+                                 f"{self._loaded_dtype(host.dtype)} vector of {self.n} elements "
+                                 f"in native byte order, got {host.dtype.str} {host.shape}")
             writes.append((k, live, host))
         self._check_extra(state)
         for k, live, host in writes:

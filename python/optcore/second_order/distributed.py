@@ -132,6 +132,7 @@ class ShardedLBFGSEngine(EngineState):
     """
 
     name = "lbfgs"
+    state_exact_dtype = True  # the fused direction kernel reads g_old/g_new as dtype
     state_arrays = ("S", "Y", "s", "y", "d", "SY", "YY")
     state_values = ("gamma", "oldest", "count", "pending", "accepted", "rejected", "allreduces")
 

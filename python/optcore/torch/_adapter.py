@@ -89,6 +89,30 @@ class _Adapter(torch.optim.Optimizer):
                     self.state[p] = init
 
     # -- internals
+    def _groups_unchanged(self) -> bool:
+        """The param groups hold the parameter lists the last plan was built over, of the
+        same lengths (a list replaced, a group added or removed, a parameter appended or
+        popped); O(groups). A parameter swapped in place is caught by the gather pass."""
+        groups, seen = self.param_groups, self._groups_seen
+        return len(groups) == len(seen) and all(
+            g["params"] is ps and len(ps) == n for g, (ps, n) in zip(groups, seen))
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # torch pickles defaults, state and param_groups; the construction options go too
+        return {**super().__getstate__(), "_optcore_options": self._options}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        """After unpickling or deepcopy: no plan yet; the first step builds one over the
+        carried state (torch-layout buffers and step counts), as after load_state_dict."""
+        # (torch's load_state_dict also calls this, on a live optimizer: keep its options)
+        options = state.pop("_optcore_options", getattr(self, "_options", {}))
+        super().__setstate__(state)
+        self._options = options
+        self._inners, self._key, self._gather, self._written = [], None, None, []
+        if not hasattr(self, "_handle"):
+            self._handle = _register(self)
+        self._param_lists = [g["params"] for g in self.param_groups]
+
     def _name(self, p: torch.Tensor) -> str:
         """``param_groups[g]['params'][i]`` of ``p`` (a table rebuilt when the groups'
         lists change, so naming every parameter of a re-plan stays linear)."""
@@ -121,6 +145,11 @@ class _Adapter(torch.optim.Optimizer):
             i = int(match.group(2))
             where = self._name(flat[i]) if i < len(flat) else match.group(0)
             return where if match.group(1) == "params" else f"the grad of {where}"
+
+        def group(match: "re.Match[str]") -> str:  # native group k -> its torch group
+            k = int(match.group(1))
+            return f"param_groups[{inner.groups[k][0]}]" if k < len(inner.groups) else match.group(0)
+        message = re.sub(r"\bparam_groups\[(\d+)\]", group, message)
         return re.sub(r"\b(grads|params)\[(\d+)\]", name, message)
 
     def _check_param(self, p: torch.Tensor) -> None:
@@ -208,6 +237,12 @@ class _Adapter(torch.optim.Optimizer):
                     index += 1
             inners.append(_Inner(native, [(gi, ps) for gi, _, ps, _ in entries], steps))
         self._inners = inners
+        # what the live state looks like now: a step that finds another object or count (the
+        # user reset it with state.clear(), del state[p] or a new dict) re-plans from it
+        self._state_seen = (self.state, len(self.state))
+        # and the groups' parameter lists: one added, removed or grown in place re-plans
+        self._groups_seen = [(g["params"], len(g["params"])) for g in self.param_groups]
+        self._param_lists = [g["params"] for g in self.param_groups]
         # The per-step check: one C++ pass over every parameter (see bind_tensor_gather.cpp).
         flat = [p for g in self.param_groups for p in g["params"]]
         position = {id(p): i for i, p in enumerate(flat)}
@@ -278,9 +313,21 @@ class _Adapter(torch.optim.Optimizer):
     def _eager_step(self) -> None:
         gather = self._gather
         ptrs = None
-        if gather is not None and all(inner.native._written is w
-                                      for inner, w in zip(self._inners, self._written)):
-            ptrs = gather.gather()
+        # Each group's native class and hyper-parameters as they are now: a change that picks
+        # another class (momentum to or from 0, nesterov toggled) re-plans, carrying the state.
+        natives = [self._native(g) for g in self.param_groups]
+        # A state reset or replaced (state.clear(), a new dict), edited parameter lists or a
+        # group now mapping to another class: re-plan from what the optimizer holds now.
+        same_classes = not self._inners or (
+            self.state is self._state_seen[0] and len(self.state) == self._state_seen[1]
+            and self._groups_unchanged()
+            and all(natives[gi][0] is type(inner.native)
+                    for inner in self._inners for gi, _ in inner.groups))
+        if not same_classes:
+            self._key = None
+        if gather is not None and same_classes and all(
+                inner.native._written is w for inner, w in zip(self._inners, self._written)):
+            ptrs = gather.gather(self._param_lists)
         if ptrs is None:
             # Something changed (a grad appeared or went, storage was rebound, a group was
             # added, a native optimizer allocated a buffer), or a grad needs the named
@@ -292,7 +339,7 @@ class _Adapter(torch.optim.Optimizer):
                 with torch.no_grad():
                     self._plan(with_grad)
                 self._key = key
-                ptrs = self._gather.gather()
+                ptrs = self._gather.gather(self._param_lists)
         if not self._inners:
             return
         # Every gradient of every native optimizer is checked before any of them writes:
@@ -311,8 +358,12 @@ class _Adapter(torch.optim.Optimizer):
                     raise type(exc)(self._torch_names(str(exc), inner)) from None
             native = inner.native
             for k, (gi, _) in enumerate(inner.groups):
-                native.param_groups[k].update(self._native(self.param_groups[gi])[1])
-            checked.append((inner, inner_ptrs, native._all_scalars()))
+                native.param_groups[k].update(natives[gi][1])
+            try:
+                scalars = native._all_scalars()
+            except (TypeError, ValueError) as exc:  # a hyper-parameter changed out of range
+                raise type(exc)(self._torch_names(str(exc), inner)) from None
+            checked.append((inner, inner_ptrs, scalars))
         for inner, inner_ptrs, scalars in checked:
             inner.native._step_checked(inner_ptrs, scalars)
             for step_tensor, count in zip(inner.steps, inner.native._steps):

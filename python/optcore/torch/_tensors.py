@@ -52,7 +52,7 @@ class _NoGather:
     """Stands in for _core.TensorGather where the C++ pass cannot read the storage (DTensor)."""
 
     @staticmethod
-    def gather() -> None:
+    def gather(groups: Any = None) -> None:
         return None
 
 
