@@ -93,15 +93,17 @@ class GroupsMixin:
         self._validate_static(group, where)
         self.scalars(group, 1, where)  # range checks of every hyper-parameter
 
-    def _check_rule(self, gi: int, group: Dict[str, Any], where: str) -> str:
-        """The kernel rule ``group``'s options select, refused when its state streams are not
-        the ones group ``gi`` keeps (fixed at construction)."""
+    def _check_rule(self, gi: int, group: Dict[str, Any], where: str,
+                    before: Dict[str, Any]) -> str:
+        """The kernel rule ``group``'s options select, refused (naming the options that differ
+        from ``before``) when its state streams are not the ones group ``gi`` keeps (fixed at
+        construction)."""
         rule = self.rule_for(group)
         if registry.state_names(rule) != self._group_states[gi]:
-            raise ValueError(f"{where}: its options now select {rule}, whose state "
-                             f"{registry.state_names(rule)} differs from the "
-                             f"{self._group_states[gi]} built at construction; make a new "
-                             "optimizer to change that option")
+            raise ValueError(f"{where}: its options ({', '.join(_changed(before, group))}) now "
+                             f"select {rule}, whose state {registry.state_names(rule)} differs "
+                             f"from the {self._group_states[gi]} built at construction; make a "
+                             "new optimizer to change that option")
         return rule
 
     # ---------------------------------------------------------------- per-step re-checks
@@ -130,11 +132,11 @@ class GroupsMixin:
     def _recheck(self, gi: int, group: Dict[str, Any], key: Tuple) -> None:
         where = f"param_groups[{gi}]"
         self._check_group(group, where)
-        rule = self._check_rule(gi, group, where)
+        before = dict(zip(self._checked_names[gi], self._checked_keys[gi]))
+        rule = self._check_rule(gi, group, where, before)
         if rule != self._group_rules[gi]:
             if self._steps[gi] > 0:
-                changed = self._changed_options(gi, group)
-                raise ValueError(f"{where}: changing {', '.join(changed)} after "
+                raise ValueError(f"{where}: changing {', '.join(_changed(before, group))} after "
                                  f"{self._steps[gi]} step(s) switches its rule from "
                                  f"{self._group_rules[gi]} to {rule}, which reads the state "
                                  f"{self._group_states[gi]} differently; set it before the first "
@@ -143,20 +145,6 @@ class GroupsMixin:
             self._group_rules[gi] = rule  # no state has been built by the old rule yet
         self._checked_keys[gi] = key
         self._checked_names[gi] = tuple(group)
-
-    def _changed_options(self, gi: int, group: Dict[str, Any]) -> List[str]:
-        """Names (as ``['key']``) of the options of group ``gi`` that differ from the last
-        checked ones."""
-        old = dict(zip(self._checked_names[gi], self._checked_keys[gi]))
-        out = []
-        for k, v in group.items():
-            try:
-                same = k in old and (old[k] is v or bool(old[k] == v))
-            except Exception:
-                same = False
-            if not same:
-                out.append(f"[{k!r}]")
-        return out or ["its options"]
 
     def _scheduled(self, group: Dict[str, Any], gi: int) -> Dict[str, Any]:
         """``group``, or a copy with the values its schedules give for the next step."""
@@ -189,7 +177,7 @@ class GroupsMixin:
         merged.update({k: v for k, v in saved.items() if k not in ("params", "step")})
         self._check_known(merged, where)
         self._check_group(merged, where)
-        self._check_rule(gi, merged, where)
+        self._check_rule(gi, merged, where, self.param_groups[gi])
         return merged
 
     @staticmethod
@@ -243,3 +231,16 @@ class GroupsMixin:
                              "master_weights) and bfloat16 state, but these parameters are "
                              f"{sorted({v.dtype_name for v in self._views})} and no state is "
                              "bfloat16 (pass state_dtype='bfloat16')")
+
+
+def _changed(before: Dict[str, Any], group: Dict[str, Any]) -> List[str]:
+    """Names (as ``['key']``) of the options of ``group`` that differ from ``before``."""
+    out = []
+    for k, v in group.items():
+        try:
+            same = k in before and (before[k] is v or bool(before[k] == v))
+        except Exception:
+            same = False
+        if not same:
+            out.append(f"[{k!r}]")
+    return out or ["its options"]
