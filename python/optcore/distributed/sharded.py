@@ -479,10 +479,7 @@ class ShardedOptimizer:
         # Sizes and dtypes were checked in _shard_state_dict; here the hyper-parameters and
         # counters, which the wrapped class validates in load_state_dict before it writes.
         for gi, saved in enumerate(inner_sd["param_groups"]):
-            merged = dict(self._inner.param_groups[gi])
-            merged.update({k: v for k, v in saved.items() if k not in ("params", "step")})
-            self._inner._validate_static(merged, f"state_dict param_groups[{gi}]")
-            self._inner.scalars(merged, 1, f"state_dict param_groups[{gi}]")
+            self._inner._loaded_group(gi, saved)
             step = saved.get("step", 0)
             if isinstance(step, bool) or int(step) != step or step < 0:
                 raise ValueError(f"state_dict: param_groups[{gi}]['step'] must be a "

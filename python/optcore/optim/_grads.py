@@ -10,7 +10,6 @@ import numpy as np
 
 from .. import _arrays as A
 from .. import _core
-from ..schedules import evaluate as evaluate_schedule
 from . import registry
 
 # Slots of the scalar block, from csrc/optcore/step_scalars.h (ScalarSlot)
@@ -92,32 +91,18 @@ class GradsMixin:
 
     # ------------------------------------------------------------------ scalars
     def _all_scalars(self) -> List[List[float]]:
-        """Per-group kernel scalars for the next step; raises before anything is written."""
-        out = []
-        for gi, group in enumerate(self.param_groups):
-            self._apply_schedules(group, gi)
-            out.append(self._group_scalars(gi, group, self._steps[gi] + 1))
+        """Per-group kernel scalars for the next step; raises before anything is written (the
+        schedules' values reach ``param_groups`` only once every group has passed)."""
+        groups = self._checked_groups()
+        out = [self._group_scalars(gi, group, self._steps[gi] + 1)
+               for gi, group in enumerate(groups)]
+        self._commit_schedules(groups)
         return out
 
     def _group_scalars(self, gi: int, group: Dict[str, Any], step: int) -> List[float]:
-        """The rule's scalars of group ``gi`` packed in kernel order; checks first."""
-        where = f"param_groups[{gi}]"
-        self._validate_options(group, where)
-        rule = self.rule_for(group)
-        if registry.state_names(rule) != self._group_states[gi]:
-            raise ValueError(f"{where}: its options now select {rule}, whose state "
-                             f"{registry.state_names(rule)} differs from the "
-                             f"{self._group_states[gi]} built at construction; make a new "
-                             "optimizer to change that option")
-        return registry.pack(registry.kernel_rule(rule), self.scalars(group, step, where))
-
-    def _apply_schedules(self, group: Dict[str, Any], gi: int) -> None:
-        k = self._steps[gi]
-        if group.get("schedule") is not None:
-            group["lr"] = evaluate_schedule(group["schedule"], k, f"param_groups[{gi}]['schedule']")
-        if group.get("momentum_schedule") is not None:
-            group["momentum"] = evaluate_schedule(group["momentum_schedule"], k,
-                                                  f"param_groups[{gi}]['momentum_schedule']")
+        """The rule's scalars of checked group ``gi`` (see _checked_groups), kernel order."""
+        return registry.pack(registry.kernel_rule(self._group_rules[gi]),
+                             self.scalars(group, step, f"param_groups[{gi}]"))
 
     def _next_average_weight(self) -> float:
         if self._averages is None:

@@ -82,11 +82,7 @@ class StateDictMixin:
             if len(saved.get("params", ())) != len(mine["params"]):
                 raise ValueError(f"state_dict: param_groups[{gi}] has {len(saved['params'])} "
                                  f"params, this optimizer has {len(mine['params'])}")
-            merged = dict(mine)
-            merged.update({k: v for k, v in saved.items() if k not in ("params", "step")})
-            self._validate_options(merged, f"state_dict param_groups[{gi}]")
-            self._validate_static(merged, f"state_dict param_groups[{gi}]")
-            self.scalars(merged, 1, f"state_dict param_groups[{gi}]")
+            merged = self._loaded_group(gi, saved)  # the constructor's checks of the group
             step = saved.get("step", 0)
             if isinstance(step, bool) or int(step) != step or step < 0:
                 raise ValueError(f"state_dict: param_groups[{gi}]['step'] must be a "
@@ -133,6 +129,10 @@ class StateDictMixin:
         for gi, (merged, step) in enumerate(new_groups):
             self.param_groups[gi].update({k: v for k, v in merged.items() if k != "params"})
             self._steps[gi] = step
+            # the loaded state was built by the loaded options' rule
+            self._group_rules[gi] = self.rule_for(self.param_groups[gi])
+            self._checked_keys[gi] = tuple(self.param_groups[gi].values())
+            self._checked_names[gi] = tuple(self.param_groups[gi])
         self.skipped_steps = counters["skipped_steps"]
         self._averaged_steps = counters["averaged_steps"]
 

@@ -116,6 +116,11 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
         self._check_hyper_parameters()
         # The state streams each group's rule keeps, fixed from here on.
         self._group_states = [registry.state_names(self.rule_for(g)) for g in self.param_groups]
+        # The rule each group's state is built by, and its options as last checked (see
+        # GroupsMixin._checked_groups: a step re-checks a group whose options changed).
+        self._group_rules = [self.rule_for(g) for g in self.param_groups]
+        self._checked_keys: List[Any] = [tuple(g.values()) for g in self.param_groups]
+        self._checked_names: List[Any] = [tuple(g) for g in self.param_groups]
         self._state_formats = self._resolve_state_dtype(state_dtype)
         self.state_dtype = state_dtype
         self._check_stochastic_rounding()
@@ -340,9 +345,9 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
             return loss
         lookahead_names, apply_rule, apply_names = self.closure_rules
         self._require_params_unmoved()  # the look-ahead below writes before _check_grads runs
+        groups = self._checked_groups()  # the constructor's checks, before anything is written
         scalars = []
-        for gi, group in enumerate(self.param_groups):
-            self._apply_schedules(group, gi)
+        for gi, group in enumerate(groups):
             ahead, apply = self.closure_scalars(group, self._steps[gi] + 1, f"param_groups[{gi}]")
             scalars.append((registry.pack(registry.kernel_rule("LookaheadRule"), ahead),
                             registry.pack(registry.kernel_rule(apply_rule), apply)))
@@ -359,14 +364,14 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
         except BaseException:
             self._restore_from_scratch()
             raise
+        self._commit_schedules(groups)
         if multiplier is None:
             self._restore_from_scratch()
             return loss
         average_weight = self._next_average_weight()
         for gi in range(len(self.param_groups)):
             apply = self._finish_scalars(scalars[gi][1], multiplier, average_weight,
-                                         self.param_groups[gi], step=self._steps[gi] + 1,
-                                         seed=self.seed)
+                                         groups[gi], step=self._steps[gi] + 1, seed=self.seed)
             self._plan(gi, apply_rule, apply_names, main=True).step(self._slice(grad_ptrs, gi), apply)
             self._steps[gi] += 1
         self._mark_params_written()
