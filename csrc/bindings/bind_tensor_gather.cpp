@@ -106,14 +106,12 @@ class TensorGather {
       const TypeSlots& gs = slots(Py_TYPE(g));
       // dtype and byte count (so the element count: `.data =` can change either under the
       // same grad object), then contiguity: what the kernel reads is exactly the grad.
-      bool ok = same(get(gs.dtype, g), dtypes_[i].ptr()) &&
-                as_u64(get(gs.nbytes, g)) == grad_nbytes_[i] && is_true(call(gs.is_contiguous, g));
+      bool ok = same_layout(gs, g, i);
       uint64_t grad_ptr = 0;
       if (ok) ok = as_u64(call(ps.data_ptr, p)) == param_ptrs_[i];  // else: storage rebound
       // `p.data = v` with v at the same address (a transpose, another dtype, fewer
       // elements) leaves the pointer: the parameter's own dtype, bytes and layout too.
-      if (ok) ok = same(get(ps.dtype, p), dtypes_[i].ptr()) &&
-                   as_u64(get(ps.nbytes, p)) == grad_nbytes_[i] && is_true(call(ps.is_contiguous, p));
+      if (ok) ok = same_layout(ps, p, i);
       if (ok) grad_ptr = as_u64(call(gs.data_ptr, g));
       if (PyErr_Occurred()) {
         PyErr_Clear();
@@ -134,6 +132,12 @@ class TensorGather {
   size_t size() const { return params_.size(); }
 
  private:
+  // Whether tensor t (parameter i or its grad) has the parameter's planned dtype and byte
+  // count, and is contiguous: then the kernel's flat read or write of it is exactly it.
+  bool same_layout(const TypeSlots& ts, PyObject* t, size_t i) const {
+    return same(get(ts.dtype, t), dtypes_[i].ptr()) &&
+           as_u64(get(ts.nbytes, t)) == grad_nbytes_[i] && is_true(call(ts.is_contiguous, t));
+  }
   // Whether [begin, end) shares a byte with a written range (sorted, disjoint).
   bool overlaps_written(uint64_t begin, uint64_t end) const {
     if (begin == end) return false;

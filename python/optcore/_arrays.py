@@ -347,6 +347,12 @@ def copy_into(dst: Any, src: Any) -> None:
         dst.reshape(-1)[...] = src.reshape(-1)
 
 
+def framework_kind(views: Sequence[View]) -> str:
+    """'numpy', 'torch' or 'cupy' when every view is of that framework, else 'mixed'."""
+    frameworks = {v.framework for v in views}
+    return frameworks.pop() if len(frameworks) == 1 else "mixed"
+
+
 class ParamGuard:
     """Whether arrays are still the memory a plan was built over (their data pointer and,
     for numpy and cupy, element count; with ``writeable``, numpy's write flag too), checked
@@ -355,14 +361,13 @@ class ParamGuard:
     moved (require_unmoved)."""
 
     def __init__(self, views: Sequence[View], writeable: bool = True):
-        frameworks = {v.framework for v in views}
-        self.kind = frameworks.pop() if len(frameworks) == 1 else "mixed"
+        self.kind = framework_kind(views)
         self.views = list(views)
         self.writeable = writeable
         self.objs = [v.obj for v in views]
         self.ptrs = np.array([v.ptr for v in views], dtype=np.uint64)
         self.numels = np.array([v.numel for v in views], dtype=np.int64)
-        self.ptr_list = [int(v.ptr) for v in views]
+        self.ptr_list = self.ptrs.tolist()  # python ints, for the torch and cupy comparisons
 
     def unmoved(self) -> bool:
         if self.kind == "numpy":
@@ -389,8 +394,7 @@ class FastChecker:
     names the first offending argument."""
 
     def __init__(self, views: Sequence[View], written: Intervals):
-        frameworks = {v.framework for v in views}
-        self.kind = frameworks.pop() if len(frameworks) == 1 else "mixed"
+        self.kind = framework_kind(views)
         self.written = written
         self.nbytes = np.array([v.nbytes for v in views], dtype=np.uint64)
         if self.kind == "numpy":
