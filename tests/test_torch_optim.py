@@ -234,6 +234,56 @@ def test_resetting_the_state_between_steps_follows_torch(reset, name, kwargs):
     _both(name, kwargs, between)
 
 
+def _first(opt):
+    return opt.state[opt.param_groups[0]["params"][0]]
+
+
+def _buffer_name(opt):
+    return "momentum_buffer" if "momentum_buffer" in _first(opt) else "exp_avg"
+
+
+STATE_EDITS = {
+    "state[p] = {}": lambda opt: opt.state.__setitem__(opt.param_groups[0]["params"][0], {}),
+    "a buffer reassigned": lambda opt: _first(opt).__setitem__(
+        _buffer_name(opt), torch.full_like(_first(opt)[_buffer_name(opt)], 0.25)),
+    "a buffer edited in place": lambda opt: _first(opt)[_buffer_name(opt)].mul_(-1.5),
+    "step reassigned": lambda opt: _first(opt).__setitem__("step", torch.tensor(1.0)),
+    "step edited in place": lambda opt: _first(opt)["step"].sub_(2),
+}
+STEP_EDITS = ("step reassigned", "step edited in place")
+
+
+@pytest.mark.parametrize("edit", list(STATE_EDITS))
+@pytest.mark.parametrize("name,kwargs", [("Adam", dict(lr=1e-2)),
+                                         ("SGD", dict(lr=0.05, momentum=0.9))])
+def test_editing_the_state_between_steps_follows_torch(edit, name, kwargs):
+    """One parameter's state entry replaced, a buffer reassigned (the step must then
+    update the tensor the user put there), a step count changed in place: the next step
+    re-plans from what it finds, and both trajectories and the states stay torch's."""
+    if name == "SGD" and edit in STEP_EDITS:
+        pytest.skip("torch's SGD keeps no step count")
+
+    def between(k, model, opt):
+        if k == 4:
+            STATE_EDITS[edit](opt)
+    (ma, opt_a), (mb, opt_b) = _both(name, kwargs, between)
+    for pa, pb in zip(ma.parameters(), mb.parameters()):
+        for key, value in opt_a.state[pa].items():
+            torch.testing.assert_close(opt_b.state[pb][key].double(), value.double(),
+                                       rtol=1e-10, atol=1e-12, msg=lambda m: f"{key}: {m}")
+    if edit == "a buffer reassigned":  # the user's tensor is the one the steps updated
+        assert not torch.all(_first(opt_b)[_buffer_name(opt_b)] == 0.25)
+
+
+def test_each_parameter_has_its_own_step_tensor():
+    model = _model(5)
+    opt = ot.Adam(model.parameters(), lr=1e-2)
+    _train(model, opt, steps=2)
+    steps = [opt.state[p]["step"] for p in model.parameters()]
+    assert len({id(t) for t in steps}) == len(steps)
+    assert all(t.dim() == 0 and float(t) == 2.0 for t in steps)
+
+
 def test_editing_param_groups_in_place_follows_torch():
     """torch reads param_groups every step: a parameter swapped in place, a group added
     and a group removed all change what the next step updates."""

@@ -232,6 +232,57 @@ class TensorGather {
   std::vector<py::object> type_refs_;
 };
 
+// The items of a dict and of the dicts among its values, one level down, by identity:
+// what an optcore.torch plan was built over (``opt.state``, parameter -> its state dict).
+// `same(d)` says whether d still holds exactly those keys and values in the same order,
+// with the same items in each inner dict: a state entry replaced (``state[p] = {}``), a
+// buffer reassigned (``state[p]['exp_avg'] = t``), an entry added or deleted all differ.
+// Every key and value recorded is held, so no new object can take a recorded address.
+// Pointer comparisons only: no hashing, no Python code runs.
+class DictSnapshot {
+ public:
+  explicit DictSnapshot(const py::dict& d) { record(d.ptr(), 1); }
+
+  bool same(const py::handle& d) const {
+    if (!PyDict_Check(d.ptr())) return false;
+    size_t at = 0;
+    return match(d.ptr(), 1, at) && at == seq_.size();
+  }
+
+ private:
+  void record(PyObject* d, int depth) {
+    seq_.push_back(static_cast<uintptr_t>(PyDict_GET_SIZE(d)));
+    Py_ssize_t pos = 0;
+    PyObject *k = nullptr, *v = nullptr;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+      seq_.push_back(reinterpret_cast<uintptr_t>(k));
+      seq_.push_back(reinterpret_cast<uintptr_t>(v));
+      refs_.push_back(py::reinterpret_borrow<py::object>(k));
+      refs_.push_back(py::reinterpret_borrow<py::object>(v));
+      if (depth > 0 && PyDict_Check(v)) record(v, depth - 1);
+    }
+  }
+  // The value objects are the recorded ones when this reaches an inner dict, so the
+  // PyDict_Check that decided recording decides the same way here.
+  bool match(PyObject* d, int depth, size_t& at) const {
+    if (at >= seq_.size() || static_cast<uintptr_t>(PyDict_GET_SIZE(d)) != seq_[at]) return false;
+    ++at;
+    Py_ssize_t pos = 0;
+    PyObject *k = nullptr, *v = nullptr;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+      if (at + 2 > seq_.size() || reinterpret_cast<uintptr_t>(k) != seq_[at] ||
+          reinterpret_cast<uintptr_t>(v) != seq_[at + 1])
+        return false;
+      at += 2;
+      if (depth > 0 && PyDict_Check(v) && !match(v, depth - 1, at)) return false;
+    }
+    return true;
+  }
+
+  std::vector<uintptr_t> seq_;  // per dict: its size, then key, value (, inner dict) per item
+  std::vector<py::object> refs_;
+};
+
 void bind_tensor_gather(py::module_& m) {
   py::class_<TensorGather>(m, "TensorGather")
       .def(py::init<const py::list&, const std::vector<uint64_t>&, const std::vector<bool>&,
@@ -243,6 +294,11 @@ void bind_tensor_gather(py::module_& m) {
            "Gradient data pointers (uint64, 0 where not planned), or None if anything changed "
            "(groups: each param group's list of parameters, as the optimizer holds them now).")
       .def("__len__", &TensorGather::size);
+  py::class_<DictSnapshot>(m, "DictSnapshot")
+      .def(py::init<const py::dict&>(), py::arg("d"))
+      .def("same", &DictSnapshot::same, py::arg("d"),
+           "Whether d holds the recorded keys and values (and the recorded items in each "
+           "inner dict value), by identity and in order.");
 }
 
 RegisterBindings registered("tensor_gather", &bind_tensor_gather);

@@ -210,10 +210,13 @@ class _Adapter(torch.optim.Optimizer):
             index = 0
             for k, (gi, step, ps, _) in enumerate(entries):
                 native._steps[k] = step
-                step_tensor = torch.tensor(float(step))
-                steps.append(step_tensor)
+                # Each parameter's step is its own 0-d tensor, as in torch, and a view of
+                # one tensor per native group: one fill_ a step updates them all, and an
+                # edit of any (they share the base's version counter) is seen next step.
+                step_base = torch.full((len(ps),), float(step))
+                steps.append(step_base)
                 torch_names = _registry.torch_state_names(native.rule_for(native.param_groups[k]))
-                for p in ps:
+                for j, p in enumerate(ps):
                     live = native._state_bufs[index]
                     old = self.state.get(p, {})
                     state = {}
@@ -231,14 +234,17 @@ class _Adapter(torch.optim.Optimizer):
                         state[tname] = buf.view(_local(p).shape)
                         if absmax is not None:
                             state[tname + "_absmax"] = absmax
-                    state["step"] = step_tensor
+                    state["step"] = step_base[j]
                     self.state[p] = state
                     index += 1
             inners.append(_Inner(native, [(gi, ps) for gi, _, ps, _ in entries], steps))
         self._inners = inners
-        # what the live state looks like now: a step that finds another object or count (the
-        # user reset it with state.clear(), del state[p] or a new dict) re-plans from it
-        self._state_seen = (self.state, len(self.state))
+        # What the live state holds now, by identity: a step that finds anything else (the
+        # user reset it with state.clear(), del state[p], state[p] = {} or a new dict, or
+        # reassigned a buffer, state[p]['exp_avg'] = t) re-plans from what it finds; and the
+        # step tensors' versions (an in-place edit, state[p]['step'].zero_()).
+        self._state_seen = _core.DictSnapshot(self.state)
+        self._steps_seen = [(t, t._version) for inner in inners for t in inner.steps]
         # and the groups' parameter lists, which the gather pass reads every step
         self._param_lists = [g["params"] for g in self.param_groups]
         # The per-step check: one C++ pass over every parameter (see bind_tensor_gather.cpp).
@@ -314,10 +320,12 @@ class _Adapter(torch.optim.Optimizer):
         # Each group's native class and hyper-parameters as they are now: a change that picks
         # another class (momentum to or from 0, nesterov toggled) re-plans, carrying the state.
         natives = [self._native(g) for g in self.param_groups]
-        # A state reset or replaced (state.clear(), a new dict), edited parameter lists or a
-        # group now mapping to another class: re-plan from what the optimizer holds now.
+        # State edited (reset, replaced or reassigned entries, step counts changed), edited
+        # parameter lists or a group now mapping to another class: re-plan from what the
+        # optimizer holds now.
         plan_current = not self._inners or (
-            self.state is self._state_seen[0] and len(self.state) == self._state_seen[1]
+            self._state_seen.same(self.state)
+            and all(t._version == v for t, v in self._steps_seen)
             and self._groups_unchanged()
             and all(natives[gi][0] is type(inner.native)
                     for inner in self._inners for gi, _ in inner.groups))
@@ -364,8 +372,9 @@ class _Adapter(torch.optim.Optimizer):
             checked.append((inner, inner_ptrs, scalars))
         for inner, inner_ptrs, scalars in checked:
             inner.native._step_checked(inner_ptrs, scalars)
-            for step_tensor, count in zip(inner.steps, inner.native._steps):
-                step_tensor.fill_(float(count))
+            for step_base, count in zip(inner.steps, inner.native._steps):
+                step_base.fill_(float(count))
+        self._steps_seen = [(t, t._version) for inner in self._inners for t in inner.steps]
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()

@@ -44,7 +44,7 @@ class _Inner:
                  steps: List[torch.Tensor]):
         self.native = native
         self.groups = groups  # (torch group index, params) per native group
-        self.steps = steps    # the shared step tensor of each native group
+        self.steps = steps    # per native group, the tensor its parameters' steps view
         self.index = np.zeros(0, dtype=np.intp)  # positions of its params in the gather order
 
 
