@@ -28,6 +28,8 @@ class LBFGSEngine(EngineState):
     state_exact_dtype = True  # the fused direction kernel reads g_old/g_new as dtype
     state_arrays = ("S", "Y", "d", "s", "y", "_g_old", "_g_new")
     state_refs = ("_g_old", "_g_new")
+    state_required = ("S", "Y", "d")  # on CUDA s and y too (__init__)
+    state_when_pending = ("_g_old", "_g_new")  # on CUDA the staged s and y instead
     state_values = ("_step", "pending", "accepted", "rejected")
     state_extra = ("meta",)
 
@@ -57,6 +59,8 @@ class LBFGSEngine(EngineState):
         if self.on_gpu:
             self.s = xp.zeros(n, dtype=self.dtype)
             self.y = xp.zeros(n, dtype=self.dtype)
+            self.state_required = ("S", "Y", "d", "s", "y")
+            self.state_when_pending = ()
         self._step = 0.0
         self._g_old = self._g_new = None
         self.pending = False
@@ -181,6 +185,8 @@ class BFGSEngine(EngineState):
     name = "bfgs"
     warn_above = 5000
     state_arrays = ("M", "s", "y")
+    state_required = ("M",)
+    state_when_pending = ("s", "y")
     state_values = ("updates", "pending", "accepted", "rejected")
 
     def __init__(self, n: int, dtype, xp, curvature_eps: float = 1e-8,
@@ -264,6 +270,7 @@ class CGEngine(EngineState):
 
     name = "cg"
     state_arrays = ("g_prev", "d_prev")
+    state_together = (("g_prev", "d_prev"),)
     state_values = ("since_restart", "restarts")
 
     def __init__(self, n: int, dtype, xp, beta: str = "pr+", restart: Optional[int] = None):

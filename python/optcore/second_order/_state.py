@@ -22,6 +22,12 @@ class EngineState:
     #: arrays held by reference (the caller's gradient vectors): loaded as new arrays
     state_refs: Tuple[str, ...] = ()
 
+    #: arrays a step always reads (a loaded None is refused), those it reads while a
+    #: pair is pending (``pending`` true), and sets that are all None or all present
+    state_required: Tuple[str, ...] = ()
+    state_when_pending: Tuple[str, ...] = ()
+    state_together: Tuple[Tuple[str, ...], ...] = ()
+
     #: whether vectors loaded where none is held must have the engine's own dtype (those a
     #: fused kernel reads as that type); else any native-order float vector is taken as is
     state_exact_dtype = False
@@ -46,6 +52,7 @@ class EngineState:
         if not isinstance(state, dict) or set(state) != want:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state_dict: the engine state must hold {sorted(want)}, got {got}")
+        self._check_present(state)
         writes: List[Tuple[str, Any, Any]] = []
         for k in self.state_arrays:
             if k in self.state_refs and state[k] is None:
@@ -80,6 +87,26 @@ class EngineState:
         for k in self.state_values:
             setattr(self, k, state[k])
         self._load_extra(state)
+
+    def _check_present(self, state: Dict[str, Any]) -> None:
+        """The arrays a step will read are there (else the step would fail on a None)."""
+        if "pending" in self.state_values and not isinstance(state["pending"], (bool, np.bool_)):
+            raise ValueError(f"state_dict: engine state 'pending' must be a bool, got "
+                             f"{type(state['pending']).__name__}")
+        for k in self.state_required:
+            if state[k] is None:
+                raise ValueError(f"state_dict: engine state '{k}' is None; this engine always "
+                                 "holds it")
+        if "pending" in self.state_values and state["pending"]:
+            for k in self.state_when_pending:
+                if state[k] is None:
+                    raise ValueError(f"state_dict: engine state '{k}' is None, but 'pending' is "
+                                     "True: the next step forms a curvature pair from it")
+        for names in self.state_together:
+            held = [k for k in names if state[k] is not None]
+            if held and len(held) != len(names):
+                raise ValueError(f"state_dict: engine state {list(names)} must all be None or "
+                                 f"all be arrays, got arrays for {held} only")
 
     # Hooks for state that lives outside attributes (the L-BFGS kernel workspace).
     def _extra_state(self) -> Dict[str, Any]:

@@ -134,6 +134,7 @@ class ShardedLBFGSEngine(EngineState):
     name = "lbfgs"
     state_exact_dtype = True  # the fused direction kernel reads g_old/g_new as dtype
     state_arrays = ("S", "Y", "s", "y", "d", "SY", "YY")
+    state_required = state_arrays  # allocated once, read every step
     state_values = ("gamma", "oldest", "count", "pending", "accepted", "rejected", "allreduces")
 
     def __init__(self, n: int, dtype, xp, comm: Any, m: int = 10, curvature_eps: float = 1e-8):
