@@ -5,8 +5,8 @@
 // the storage pointer each had when the plan was built, and which of them the
 // plan steps (those that had a grad). gather() walks them once and returns
 // the gradient data pointers (0 where the parameter is not stepped) when
-// nothing changed: every planned parameter still has a dense, contiguous
-// grad of its dtype and element count (assignment to p.grad keeps them equal
+// nothing changed: every planned parameter still has a dense grad of its dtype
+// and element count, contiguous or with the parameter's planned strides (channels_last) (assignment to p.grad keeps them equal
 // to the parameter's, but `p.grad.data = x` can change both; a grad of the
 // same count in another shape passes here, read in its flat order, which is
 // the parameter's: reading its shape would cost a tuple per grad and step)
@@ -48,20 +48,26 @@ struct Slot {
 
 struct TypeSlots {
   PyTypeObject* type = nullptr;
-  Slot grad, dtype, nbytes, data_ptr, is_contiguous;
+  Slot grad, dtype, nbytes, data_ptr, is_contiguous, stride;
 };
 
 class TensorGather {
  public:
   TensorGather(const py::list& params, const std::vector<uint64_t>& param_ptrs,
-               const std::vector<bool>& planned, const std::vector<uint64_t>& grad_nbytes,
+               const std::vector<bool>& planned, const py::list& strides,
+               const std::vector<uint64_t>& grad_nbytes,
                const std::vector<uint64_t>& written_starts,
                const std::vector<uint64_t>& written_ends)
       : grad_nbytes_(grad_nbytes), starts_(written_starts), ends_(written_ends) {
     if (param_ptrs.size() != params.size() || planned.size() != params.size() ||
-        grad_nbytes.size() != params.size())
+        grad_nbytes.size() != params.size() || strides.size() != params.size())
       throw py::value_error(
-          "TensorGather: params, param_ptrs, planned and grad_nbytes differ in length");
+          "TensorGather: params, param_ptrs, planned, strides and grad_nbytes differ in length");
+    for (const py::handle st : strides) {
+      if (!st.is_none() && !PyTuple_Check(st.ptr()))
+        throw py::type_error("TensorGather: strides holds a tuple or None per parameter");
+      strides_.push_back(py::reinterpret_borrow<py::object>(st));
+    }
     if (starts_.size() != ends_.size())
       throw py::value_error("TensorGather: written_starts and written_ends differ in length");
     for (size_t i = 1; i < starts_.size(); ++i)
@@ -133,10 +139,19 @@ class TensorGather {
 
  private:
   // Whether tensor t (parameter i or its grad) has the parameter's planned dtype and byte
-  // count, and is contiguous: then the kernel's flat read or write of it is exactly it.
+  // count, and is contiguous, or, for a dense parameter that is not (channels_last), has
+  // its planned strides: then the kernel's flat read or write of it is exactly it, in the
+  // parameter's memory order.
   bool same_layout(const TypeSlots& ts, PyObject* t, size_t i) const {
-    return same(get(ts.dtype, t), dtypes_[i].ptr()) &&
-           as_u64(get(ts.nbytes, t)) == grad_nbytes_[i] && is_true(call(ts.is_contiguous, t));
+    if (!same(get(ts.dtype, t), dtypes_[i].ptr()) || as_u64(get(ts.nbytes, t)) != grad_nbytes_[i])
+      return false;
+    PyObject* want = strides_[i].ptr();
+    if (want == Py_None) return is_true(call(ts.is_contiguous, t));
+    PyObject* got = call(ts.stride, t);
+    if (got == nullptr) return false;
+    const int eq = PyTuple_Check(got) ? PyObject_RichCompareBool(got, want, Py_EQ) : 0;
+    Py_DECREF(got);
+    return eq == 1;  // -1 (an error) is left set for the caller
   }
   // Whether [begin, end) shares a byte with a written range (sorted, disjoint).
   bool overlaps_written(uint64_t begin, uint64_t end) const {
@@ -173,6 +188,7 @@ class TensorGather {
     s.nbytes = find("nbytes");
     s.data_ptr = find("data_ptr");
     s.is_contiguous = find("is_contiguous");
+    s.stride = find("stride");
     types_.push_back(std::move(s));
     return types_.back();
   }
@@ -222,6 +238,7 @@ class TensorGather {
   py::tuple no_args_ = py::tuple(0);
   std::vector<py::object> params_;
   std::vector<py::object> dtypes_;
+  std::vector<py::object> strides_;  // per parameter: None (contiguous) or its dense strides
   std::vector<uint64_t> param_ptrs_;
   std::vector<bool> planned_;
   std::vector<uint64_t> grad_nbytes_, starts_, ends_;
@@ -286,9 +303,10 @@ class DictSnapshot {
 void bind_tensor_gather(py::module_& m) {
   py::class_<TensorGather>(m, "TensorGather")
       .def(py::init<const py::list&, const std::vector<uint64_t>&, const std::vector<bool>&,
-                    const std::vector<uint64_t>&, const std::vector<uint64_t>&,
+                    const py::list&, const std::vector<uint64_t>&, const std::vector<uint64_t>&,
                     const std::vector<uint64_t>&>(),
-           py::arg("params"), py::arg("param_ptrs"), py::arg("planned"), py::arg("grad_nbytes"),
+           py::arg("params"), py::arg("param_ptrs"), py::arg("planned"), py::arg("strides"),
+           py::arg("grad_nbytes"),
            py::arg("written_starts"), py::arg("written_ends"))
       .def("gather", &TensorGather::gather, py::arg("groups"),
            "Gradient data pointers (uint64, 0 where not planned), or None if anything changed "

@@ -15,7 +15,8 @@ from .. import _core
 from ..optim import registry as _registry
 from ._compile import _register
 from ._state import _carry_state
-from ._tensors import _DTENSOR, _FLOAT_DTYPES, _Inner, _NoGather, _all_reduce_over, _local, _scalar
+from ._tensors import (_DTENSOR, _FLOAT_DTYPES, _Inner, _NoGather, _all_reduce_over, _dense, _flat,
+                       _like, _local, _scalar)
 
 
 class _optimizer_hooks:  # torch.optim's global step hooks (dicts that stay the same objects)
@@ -164,8 +165,14 @@ class _Adapter(torch.optim.Optimizer):
         if g.dtype != p.dtype or g.device != p.device or g.shape != p.shape:
             raise ValueError(f"{self._name(p)}: its grad is {g.dtype} {tuple(g.shape)} on "
                              f"{g.device}, the parameter {p.dtype} {tuple(p.shape)} on {p.device}")
-        if not _local(p).is_contiguous() or not _local(g).is_contiguous():
-            raise ValueError(f"{self._name(p)}: the parameter and its grad must be contiguous")
+        lp, lg = _local(p), _local(g)
+        if not _dense(lp):
+            raise ValueError(f"{self._name(p)}: the parameter must be dense (contiguous, or a "
+                             f"permutation of contiguous such as channels_last); its strides are "
+                             f"{lp.stride()} for shape {tuple(lp.shape)}")
+        if not (lp.is_contiguous() and lg.is_contiguous()) and lg.stride() != lp.stride():
+            raise ValueError(f"{self._name(p)}: its grad must be laid out as the parameter "
+                             f"(strides {lp.stride()}), got strides {lg.stride()}")
 
     def _live(self) -> Tuple[List[List[torch.Tensor]], Tuple]:
         """Parameters with a grad, per group, and the key of their storage."""
@@ -199,7 +206,7 @@ class _Adapter(torch.optim.Optimizer):
                 by_class.setdefault(cls, []).append((gi, step, ps, hyper))
         inners = []
         for cls, entries in by_class.items():
-            groups = [{"params": [_local(p).detach() for p in ps], **hyper}
+            groups = [{"params": [_flat(_local(p).detach()) for p in ps], **hyper}
                       for _, _, ps, hyper in entries]
             native = cls(groups, **self._options)
             mesh_groups = {id(p.device_mesh): p.device_mesh for _, _, ps, _ in entries for p in ps
@@ -230,8 +237,9 @@ class _Adapter(torch.optim.Optimizer):
                                                  f"{saved.numel()} elements, expected "
                                                  f"{buf.numel()}")
                             _carry_state(native, k, name, buf, absmax, saved,
-                                         old.get(tname + "_absmax"), f"{self._name(p)}: '{tname}'")
-                        state[tname] = buf.view(_local(p).shape)
+                                         old.get(tname + "_absmax"), _local(p),
+                                         f"{self._name(p)}: '{tname}'")
+                        state[tname] = _like(buf.reshape(-1), _local(p))
                         if absmax is not None:
                             state[tname + "_absmax"] = absmax
                     state["step"] = step_base[j]
@@ -273,6 +281,7 @@ class _Adapter(torch.optim.Optimizer):
                                  "separate buffer that optcore can update in place")
         self._gather = _core.TensorGather(
             flat, [p.data_ptr() for p in flat], [id(p) in planned for p in flat],
+            [None if p.is_contiguous() else tuple(p.stride()) for p in flat],
             [p.numel() * p.element_size() if id(p) in planned else 0 for p in flat],
             [a for a, _, _ in spans], [b for _, b, _ in spans])
 
@@ -354,10 +363,10 @@ class _Adapter(torch.optim.Optimizer):
         for inner in self._inners:
             inner_ptrs = None if ptrs is None else ptrs if inner.index is None else ptrs[inner.index]
             if inner_ptrs is None:
-                grads = [_local(p.grad) for _, ps in inner.groups for p in ps]
                 for _, ps in inner.groups:
                     for p in ps:
                         self._check_param(p)
+                grads = [_flat(_local(p.grad)) for _, ps in inner.groups for p in ps]
                 try:
                     inner_ptrs = inner.native._check_grads(grads)
                 except (TypeError, ValueError) as exc:

@@ -8,13 +8,18 @@ import torch
 
 from .. import optim as _optim
 from ..optim import registry as _registry
+from ._tensors import _memory_order
 
 def _carry_state(native: _optim.Optimizer, gi: int, name: str, buf: torch.Tensor,
                  absmax: Optional[torch.Tensor], saved: torch.Tensor,
-                 saved_absmax: Any, where: str) -> None:
+                 saved_absmax: Any, param: torch.Tensor, where: str) -> None:
     """Copy a saved state tensor into a live buffer: 8-bit codes (uint8, with their
     ``<name>_absmax``) as they are into an 8-bit state, else dequantised; float values
-    rounded into a bfloat16 state or quantised into an 8-bit one."""
+    rounded into a bfloat16 state or quantised into an 8-bit one. ``saved`` has the
+    parameter's shape; the live buffer, its blocks and its codes follow the parameter's
+    memory order (the same as its shape's unless it is channels_last or permuted)."""
+    flat = buf.view(-1)  # the live buffer is contiguous: a view, never a copy
+    saved = _memory_order(saved.detach(), param)
     from .. import quantize as Q
     code = _registry.state_code(native.rule_for(native.param_groups[gi]), name)
     block = native.block_size
@@ -24,19 +29,18 @@ def _carry_state(native: _optim.Optimizer, gi: int, name: str, buf: torch.Tensor
             raise ValueError(f"{where}: 8-bit codes need their '_absmax' tensor of "
                              f"{Q.block_count(saved.numel(), block)} blocks of {block}")
         if absmax is not None:
-            buf.copy_(saved.reshape(buf.shape))
+            flat.copy_(saved)
             absmax.copy_(saved_absmax.reshape(-1).to(absmax.device, torch.float32))
             return
-        values = Q.dequantize_blockwise(saved.detach().cpu().contiguous().reshape(-1).numpy(),
+        values = Q.dequantize_blockwise(saved.cpu().contiguous().numpy(),
                                         saved_absmax.detach().cpu().float().contiguous().numpy(),
                                         block, code == "signed")
-        buf.copy_(torch.from_numpy(values).reshape(buf.shape))
+        flat.copy_(torch.from_numpy(values))
         return
     if absmax is not None:
-        codes, amax = Q.quantize_blockwise(
-            saved.detach().cpu().float().contiguous().reshape(-1).numpy(), block,
-            code == "signed")
-        buf.copy_(torch.from_numpy(codes).reshape(buf.shape))
+        codes, amax = Q.quantize_blockwise(saved.cpu().float().contiguous().numpy(), block,
+                                           code == "signed")
+        flat.copy_(torch.from_numpy(codes))
         absmax.copy_(torch.from_numpy(amax))
         return
-    buf.copy_(saved.reshape(buf.shape).to(buf.dtype))
+    flat.copy_(saved.to(buf.dtype))

@@ -32,6 +32,43 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """Whether t's elements fill [data_ptr, data_ptr + nbytes) exactly, each once: contiguous,
+    or a permutation of a contiguous layout (channels_last, a transposed weight). An
+    element-wise kernel can then step its memory as one flat array, with a grad and state
+    laid out the same way."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    dims = sorted((st, s) for s, st in zip(t.shape, t.stride()) if s != 1)
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's memory as a contiguous 1-D alias (t itself when contiguous)."""
+    return t if t.is_contiguous() else t.as_strided((t.numel(),), (1,))
+
+
+def _like(buf: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A flat buffer shown with t's shape and strides: element i of the buffer is the
+    element at t's memory position i (torch's state for a channels_last parameter is
+    laid out like the parameter too)."""
+    return buf.view(t.shape) if t.is_contiguous() else buf.as_strided(t.shape, t.stride())
+
+
+def _memory_order(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """values (t's shape, any layout) as a 1-D tensor in the order of t's memory."""
+    if t.is_contiguous():
+        return values.reshape(-1)
+    out = torch.empty_strided(t.shape, t.stride(), dtype=values.dtype, device=values.device)
+    out.copy_(values.reshape(t.shape))
+    return out.as_strided((t.numel(),), (1,))
+
+
 def _scalar(value: Any) -> Any:
     """A tensor hyper-parameter (torch allows a tensor lr) as a Python number."""
     return value.item() if isinstance(value, torch.Tensor) else value
