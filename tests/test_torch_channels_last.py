@@ -159,3 +159,11 @@ def test_layouts_that_cannot_be_stepped_are_refused_by_name():
     with pytest.raises(ValueError, match="its grad must be laid out"):
         opt.step()
     assert torch.equal(w.detach(), before)
+
+
+def test_a_negated_view_is_refused_by_name():
+    w = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))
+    w.grad = torch.ones(5, dtype=torch.float64)._neg_view()
+    with pytest.raises(ValueError, match=r"\['params'\]\[0\].*negated view"):
+        ot.SGD([w], lr=0.1).step()
+    assert torch.all(w == 0)

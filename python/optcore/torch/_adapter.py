@@ -166,6 +166,9 @@ class _Adapter(torch.optim.Optimizer):
             raise ValueError(f"{self._name(p)}: its grad is {g.dtype} {tuple(g.shape)} on "
                              f"{g.device}, the parameter {p.dtype} {tuple(p.shape)} on {p.device}")
         lp, lg = _local(p), _local(g)
+        if lp.is_neg() or lg.is_neg():  # a lazily negated view: its memory holds -values
+            raise ValueError(f"{self._name(p)}: the parameter or its grad is a negated view "
+                             "(is_neg()); pass it resolved (.resolve_neg())")
         if not _dense(lp):
             raise ValueError(f"{self._name(p)}: the parameter must be dense (contiguous, or a "
                              f"permutation of contiguous such as channels_last); its strides are "
