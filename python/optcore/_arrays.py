@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -85,6 +85,25 @@ def _numpy_dtype_code(dt: np.dtype) -> int:
 
 def _numpy_dtype_name(dt: np.dtype) -> str:
     return dt.name if dt.isnative else f"{dt.name} in non-native byte order ('{dt.str}')"
+
+
+class Span(NamedTuple):
+    """Where a buffer optcore allocated itself lies: what the aliasing intervals and the
+    plans need of it, without the checks :func:`view_of` makes of a caller's array."""
+    ptr: int
+    nbytes: int
+    numel: int
+
+
+def span_of(buf: Any) -> Span:
+    """The span of a buffer optcore allocated (state, masters, averages, scratch): a
+    numpy, torch or cupy array it made contiguous, so no check is repeated here."""
+    if isinstance(buf, np.ndarray):
+        return Span(int(buf.__array_interface__["data"][0]), int(buf.nbytes), int(buf.size))
+    if is_torch(buf):
+        numel = int(buf.numel())
+        return Span(int(buf.data_ptr()), numel * int(buf.element_size()), numel)
+    return Span(int(buf.data.ptr), int(buf.nbytes), int(buf.size))
 
 
 def view_of(obj: Any, name: str) -> View:
@@ -313,6 +332,34 @@ def empty_like_state(v: View, dtype_name: str, numel: int):
     return torch.zeros(numel, dtype=getattr(torch, dtype_name), device=v.obj.device)
 
 
+def zeros_like_state_many(requests: Sequence[Tuple[View, str, int]]) -> List[Any]:
+    """Zeroed buffers for (like, dtype name, element count) requests, as
+    :func:`empty_like_state` would make them one by one; the torch ones come from one
+    allocation per device and dtype, split into views that each start 64-byte aligned
+    (a torch allocation costs microseconds: a re-plan of optcore.torch allocates every
+    state buffer of every parameter)."""
+    out: List[Any] = [None] * len(requests)
+    by_kind: dict = {}
+    for k, (v, dtype_name, numel) in enumerate(requests):
+        if v.framework == "torch":
+            by_kind.setdefault((v.obj.device, dtype_name), []).append(k)
+        else:
+            out[k] = empty_like_state(v, dtype_name, numel)
+    if by_kind:
+        torch = _torch_module()
+        for (device, dtype_name), ks in by_kind.items():
+            dtype = getattr(torch, dtype_name)
+            per = max(1, 64 // torch.empty((), dtype=dtype).element_size())
+            sizes: List[int] = []
+            for k in ks:
+                numel = requests[k][2]
+                sizes += [numel, (-numel) % per]
+            parts = torch.zeros(sum(sizes), dtype=dtype, device=device).split(sizes)
+            for j, k in enumerate(ks):
+                out[k] = parts[2 * j]
+    return out
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """A host copy (for state_dict and tests), whatever the framework."""
     if isinstance(x, np.ndarray):
@@ -403,7 +450,10 @@ class FastChecker:
                                                 [int(x) for x in written.starts],
                                                 [int(x) for x in written.ends])
         elif self.kind == "torch":
-            self.meta = [(v.obj.dtype, v.obj.shape, v.obj.device) for v in views]
+            # built at the first check: a torch device object costs microseconds a parameter,
+            # and optcore.torch, which re-plans often, checks through its own pass
+            self._views = list(views)
+            self.meta = None
         elif self.kind == "cupy":
             self.meta = [(v.obj.dtype, v.shape, v.device_id) for v in views]
 
@@ -412,6 +462,8 @@ class FastChecker:
             return self.numpy.pointers(items)
         if self.kind == "torch":
             torch = _torch_module()
+            if self.meta is None:
+                self.meta = [(v.obj.dtype, v.obj.shape, v.obj.device) for v in self._views]
             ptrs = []
             for g, (dt, shape, dev) in zip(items, self.meta):
                 if type(g) is not torch.Tensor or g.dtype is not dt or g.shape != shape \

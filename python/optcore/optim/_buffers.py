@@ -39,6 +39,20 @@ class BuffersMixin:
         group's format, filled with the rule's initial value."""
         self._state_bufs: List[Dict[str, Any]] = []
         self._absmax_bufs: List[Dict[str, Any]] = []
+        # the float and bfloat16 buffers first, all at once (one allocation per device and
+        # dtype for torch), then each in place
+        requests = []
+        index = 0
+        for gi, group in enumerate(self.param_groups):
+            for _ in group["params"]:
+                v = self._views[index]
+                for name in self._group_states[gi]:
+                    fmt = self._state_formats[gi][name]
+                    if fmt in ("float32", "bfloat16"):
+                        requests.append((v, A.STATE_DTYPE[v.dtype] if fmt == "float32"
+                                         else _bf16_storage(v), v.numel))
+                index += 1
+        zeroed = iter(A.zeros_like_state_many(requests))
         index = 0
         for gi, group in enumerate(self.param_groups):
             for _ in group["params"]:
@@ -48,11 +62,11 @@ class BuffersMixin:
                     init = self.initial_state(name, group)
                     fmt = self._state_formats[gi][name]
                     if fmt == "float32":
-                        buf = A.empty_like_state(v, A.STATE_DTYPE[v.dtype], v.numel)
+                        buf = next(zeroed)
                         if init != 0.0:
                             buf[...] = init
                     elif fmt == "bfloat16":
-                        buf = A.empty_like_state(v, _bf16_storage(v), v.numel)
+                        buf = next(zeroed)
                         if init != 0.0:
                             buf[...] = init if A.is_torch(buf) else int(_bf16_bits([init])[0])
                     else:
@@ -95,7 +109,7 @@ class BuffersMixin:
         extra += [m for m in self._masters if m is not None]
         extra += list(self._averages or []) + list(self._scratch or [])
         for b in extra:
-            yield A.view_of(b, "state")
+            yield A.span_of(b)
 
     def _format_code(self, gi: int, name: str) -> int:
         fmt = self._state_formats[gi].get(name, "float32")
@@ -110,7 +124,7 @@ class BuffersMixin:
         if not any(codes) and not self.stochastic_rounding:
             return None
         lo, hi = self._offsets[gi], self._offsets[gi + 1]
-        absmax = [[A.view_of(self._absmax_bufs[i][n], "absmax").ptr
+        absmax = [[A.span_of(self._absmax_bufs[i][n]).ptr
                    if n in self._absmax_bufs[i] else 0 for i in range(lo, hi)] for n in names]
         return dict(state_formats=codes, absmax=absmax, block_size=self.block_size,
                     stochastic=self.stochastic_rounding, keys=list(range(lo, hi)))
@@ -164,16 +178,16 @@ class BuffersMixin:
         lo, hi = self._offsets[gi], self._offsets[gi + 1]
         views, masters = self._views[lo:hi], self._masters[lo:hi]
         # With a float32 master the kernel updates the master and rewrites the 16-bit parameter.
-        thetas = [A.view_of(m, "master").ptr if m is not None else v.ptr
+        thetas = [A.span_of(m).ptr if m is not None else v.ptr
                   for v, m in zip(views, masters)]
         dtypes = [0 if m is not None else v.dtype for v, m in zip(views, masters)]
         copies = [v.ptr if m is not None else 0 for v, m in zip(views, masters)]
-        states = [[A.view_of(self._buffer(i, n), "state").ptr for i in range(lo, hi)]
+        states = [[A.span_of(self._buffer(i, n)).ptr for i in range(lo, hi)]
                   for n in names]
         averages = self._averages[lo:hi] if (main and self._averages is not None) else None
         options = dict(grad_dtypes=[v.dtype for v in views],
                        averages=None if averages is None else
-                       [A.view_of(a, "average").ptr for a in averages],
+                       [A.span_of(a).ptr for a in averages],
                        model_copies=copies if any(copies) else None)
         low_precision = self._low_precision_options(gi, names)
         if low_precision is not None:

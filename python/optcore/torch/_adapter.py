@@ -225,6 +225,7 @@ class _Adapter(torch.optim.Optimizer):
                 # edit of any (they share the base's version counter) is seen next step.
                 step_base = torch.full((len(ps),), float(step))
                 steps.append(step_base)
+                step_views = step_base.unbind(0)  # one call for every parameter's 0-d view
                 torch_names = _registry.torch_state_names(native.rule_for(native.param_groups[k]))
                 for j, p in enumerate(ps):
                     live = native._state_bufs[index]
@@ -241,11 +242,11 @@ class _Adapter(torch.optim.Optimizer):
                                                  f"{buf.numel()}")
                             _carry_state(native, k, name, buf, absmax, saved,
                                          old.get(tname + "_absmax"), _local(p),
-                                         f"{self._name(p)}: '{tname}'")
-                        state[tname] = _like(buf.reshape(-1), _local(p))
+                                         lambda: f"{self._name(p)}: '{tname}'")
+                        state[tname] = _like(buf.view(-1), _local(p))
                         if absmax is not None:
                             state[tname + "_absmax"] = absmax
-                    state["step"] = step_base[j]
+                    state["step"] = step_views[j]
                     self.state[p] = state
                     index += 1
             inners.append(_Inner(native, [(gi, ps) for gi, _, ps, _ in entries], steps))
