@@ -498,6 +498,79 @@ def test_lbfgs_reaches_a_loss_no_higher_than_torch(dtype, one_torch_thread):
         assert losses[1] <= losses[0] * (1 + 1e-6), f"LBFGS({desc}): {losses}"
 
 
+RESUMES = {
+    "deepcopy": lambda opt, model: copy.deepcopy((opt, model)),
+    "torch.save / torch.load(weights_only=True)": None,
+}
+
+
+@pytest.mark.parametrize("how", list(RESUMES))
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_lbfgs_resumes_with_its_history(how, line_search_fn, one_torch_thread):
+    """A copy of an LBFGS optimizer (deepcopy, or its state dict saved, loaded with
+    weights_only=True and loaded into a new one) steps on exactly as the original does,
+    curvature history included; torch.optim.LBFGS loads that state dict too."""
+    import io
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(32, 6, generator=gen), torch.randn(32, 3, generator=gen)
+
+    def closure_of(model, opt):
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+        return closure
+    model = _model(3, torch.float32)
+    opt = ot.LBFGS(model.parameters(), max_iter=3, history_size=4, line_search_fn=line_search_fn)
+    for _ in range(2):
+        opt.step(closure_of(model, opt))
+    if RESUMES[how] is not None:
+        opt2, model2 = RESUMES[how](opt, model)
+    else:
+        buf = io.BytesIO()
+        torch.save(opt.state_dict(), buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=True)
+        assert "optcore_lbfgs" in loaded["state"][0]
+        model2 = copy.deepcopy(model)
+        opt2 = ot.LBFGS(model2.parameters(), max_iter=3, history_size=4,
+                        line_search_fn=line_search_fn)
+        opt2.load_state_dict(loaded)
+        torch_opt = torch.optim.LBFGS(copy.deepcopy(model).parameters())
+        torch_opt.load_state_dict(loaded)  # torch's own reads its part and ignores ours
+    for _ in range(2):
+        opt.step(closure_of(model, opt))
+        opt2.step(closure_of(model2, opt2))
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_lbfgs_refuses_a_history_of_another_size_and_stays_as_it_was():
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(32, 6, generator=gen), torch.randn(32, 3, generator=gen)
+    model = _model(3, torch.float32)
+    opt = ot.LBFGS(model.parameters(), max_iter=2, history_size=4)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    saved = opt.state_dict()
+    other = ot.LBFGS(_model(3, torch.float32).parameters(), max_iter=2, history_size=4)
+    other.step(closure)  # its own state, which a refused load must leave
+    before = copy.deepcopy(other.state_dict())
+    saved["param_groups"][0]["history_size"] = 7
+    with pytest.raises(ValueError, match="history_size"):
+        other.load_state_dict(saved)
+    after = other.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert torch.equal(after["state"][0]["optcore_lbfgs"]["state"][0]["engine"]["S"],
+                       before["state"][0]["optcore_lbfgs"]["state"][0]["engine"]["S"])
+
+
 def test_lbfgs_refuses_groups_and_unknown_line_search():
     model = _model(1)
     with pytest.raises(ValueError, match="line_search_fn"):

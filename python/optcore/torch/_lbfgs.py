@@ -2,8 +2,9 @@
 ``torch.optim.Optimizer`` of its own, apart from the first-order adapter."""
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ._tensors import _scalar
@@ -37,9 +38,58 @@ class LBFGS(torch.optim.Optimizer):
                                       history_size=history_size, line_search_fn=line_search_fn))
         if len(self.param_groups) != 1:
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+        self._reset_native()
+
+    #: the key of ``state_dict()['state'][0]`` that carries optcore's own L-BFGS state (its
+    #: curvature history and line-search state), so a checkpoint resumes where it stopped
+    _NATIVE_KEY = "optcore_lbfgs"
+
+    def _reset_native(self, loaded: Any = None) -> None:
         self._native: Any = None
         self._key: Optional[Tuple] = None
         self._settings: Optional[Tuple] = None
+        self._loaded = loaded  # a native state to load into the next native optimizer
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # torch pickles defaults, state and param_groups; the native state goes too, so a
+        # deepcopy or unpickled optimizer resumes with the same history
+        state = super().__getstate__()
+        native = self._native.state_dict() if self._native is not None else self._loaded
+        return {**state, "_optcore_native": native}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        native = state.pop("_optcore_native", None)
+        super().__setstate__(state)
+        self._reset_native(native)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """torch's LBFGS state dict (``n_iter``, ``func_evals`` of the first parameter), with
+        optcore's history under ``state[0]['optcore_lbfgs']`` (tensors, numbers and strings:
+        ``torch.load(weights_only=True)`` reads it). torch.optim.LBFGS ignores that key."""
+        sd = super().state_dict()
+        native = self._native.state_dict() if self._native is not None else self._loaded
+        if native is not None:
+            sd["state"] = dict(sd["state"])
+            sd["state"][0] = {**sd["state"].get(0, {}), self._NATIVE_KEY: _to_torch(native)}
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state dict of this class (the history resumes) or of torch.optim.LBFGS
+        (whose history, in torch's own form, is not read: the next step starts afresh)."""
+        state = {k: dict(v) for k, v in state_dict.get("state", {}).items()}
+        native = state.get(0, {}).pop(self._NATIVE_KEY, None)
+        before = (self.state, self.param_groups, self._native, self._key, self._settings,
+                  self._loaded)
+        super().load_state_dict({**state_dict, "state": state})
+        self._reset_native(None if native is None else _to_numpy(native))
+        if native is not None:  # checked now, against these parameters and options
+            try:
+                self._build(self.param_groups[0]["params"])
+            except (TypeError, ValueError):
+                # refused: the optimizer stays as it was (torch's part was loaded first)
+                (self.state, self.param_groups, self._native, self._key, self._settings,
+                 self._loaded) = before
+                raise
 
     def _build(self, params: List[torch.Tensor]) -> None:
         from ..second_order import LBFGS as NativeLBFGS
@@ -61,6 +111,13 @@ class LBFGS(torch.optim.Optimizer):
             threads=1 if sum(p.numel() for p in params) < (1 << 15) else 0)
         self._settings = settings
         self._key = tuple((id(p), p.data_ptr()) for p in params)
+        if self._loaded is not None:
+            loaded, self._loaded = self._loaded, None
+            try:
+                self._native.load_state_dict(loaded)
+            except (TypeError, ValueError) as exc:
+                self._native = None
+                raise ValueError(f"state_dict: {optcore_lbfgs_message(exc)}") from None
 
     @torch.no_grad()
     def step(self, closure):  # type: ignore[override]
@@ -94,3 +151,34 @@ class LBFGS(torch.optim.Optimizer):
         self.state[params[0]]["n_iter"] = native.loop.iterations
         self.state[params[0]]["func_evals"] = native.nfev
         return first[0] if first else None
+
+
+def optcore_lbfgs_message(exc: Exception) -> str:
+    """A native load error, said of the key the state came under."""
+    text = str(exc)
+    return text[len("state_dict: "):] if text.startswith("state_dict: ") else text
+
+
+def _to_torch(x: Any) -> Any:
+    """A native state (dicts, lists, numpy arrays and scalars) with tensors for arrays and
+    Python numbers for numpy scalars: what ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(x, dict):
+        return {k: _to_torch(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_torch(v) for v in x)
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x.copy())
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _to_numpy(x: Any) -> Any:
+    """The inverse of :func:`_to_torch`."""
+    if isinstance(x, dict):
+        return {k: _to_numpy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_numpy(v) for v in x)
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy().copy()
+    return x
