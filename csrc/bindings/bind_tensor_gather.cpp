@@ -6,8 +6,8 @@
 // plan steps (those that had a grad). gather() walks them once and returns
 // the gradient data pointers (0 where the parameter is not stepped) when
 // nothing changed: every planned parameter still has a dense grad of its dtype
-// and element count, contiguous or with the parameter's planned strides (channels_last) (assignment to p.grad keeps them equal
-// to the parameter's, but `p.grad.data = x` can change both; a grad of the
+// and element count, contiguous or with the parameter's planned strides
+// (channels_last) (assignment to p.grad keeps dtype and count equal to the parameter's, but `p.grad.data = x` can change both; a grad of the
 // same count in another shape passes here, read in its flat order, which is
 // the parameter's: reading its shape would cost a tuple per grad and step)
 // sharing no byte with a buffer the step writes, and still is the memory the
