@@ -349,7 +349,7 @@ def zeros_like_state_many(requests: Sequence[Tuple[View, str, int]]) -> List[Any
         torch = _torch_module()
         for (device, dtype_name), ks in by_kind.items():
             dtype = getattr(torch, dtype_name)
-            per = max(1, 64 // torch.empty((), dtype=dtype).element_size())
+            per = max(1, 64 // dtype.itemsize)
             sizes: List[int] = []
             for k in ks:
                 numel = requests[k][2]

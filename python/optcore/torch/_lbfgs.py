@@ -114,10 +114,10 @@ class LBFGS(torch.optim.Optimizer):
         if self._loaded is not None:
             loaded, self._loaded = self._loaded, None
             try:
-                self._native.load_state_dict(loaded)
-            except (TypeError, ValueError) as exc:
+                self._native.load_state_dict(loaded)  # its errors name the refused entry
+            except (TypeError, ValueError):
                 self._native = None
-                raise ValueError(f"state_dict: {optcore_lbfgs_message(exc)}") from None
+                raise
 
     @torch.no_grad()
     def step(self, closure):  # type: ignore[override]
@@ -151,12 +151,6 @@ class LBFGS(torch.optim.Optimizer):
         self.state[params[0]]["n_iter"] = native.loop.iterations
         self.state[params[0]]["func_evals"] = native.nfev
         return first[0] if first else None
-
-
-def optcore_lbfgs_message(exc: Exception) -> str:
-    """A native load error, said of the key the state came under."""
-    text = str(exc)
-    return text[len("state_dict: "):] if text.startswith("state_dict: ") else text
 
 
 def _to_torch(x: Any) -> Any:
