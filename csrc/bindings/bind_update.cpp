@@ -72,6 +72,43 @@ class UpdatePlan {
     cpu::run_update(launch);
   }
 
+  // A step in which tensor i runs with the scalar block blocks[block_of[i]] (its own step
+  // count's bias corrections, say), and a tensor with block_of[i] = -1 is skipped: nothing
+  // of it is read or written, and its grad pointer may be 0. Everything is checked before
+  // the launch.
+  void step_each(py::object grads, const std::vector<std::vector<double>>& blocks,
+                 py::array_t<int32_t, py::array::c_style | py::array::forcecast> block_of,
+                 int threads) {
+    const size_t n = tensors_.size();
+    if (block_of.ndim() != 1 || static_cast<size_t>(block_of.shape(0)) != n)
+      throw py::value_error("block_of: expected one int32 block index per tensor (" +
+                            std::to_string(n) + ")");
+    blocks_.clear();
+    for (const auto& b : blocks) blocks_.push_back(step_scalars_from(b));
+    const int32_t* index = block_of.data();
+    const void* const* ptrs = reads_grad_ ? load_pointers(grads, "grads") : nullptr;
+    for (size_t i = 0; i < n; ++i) {
+      if (index[i] < -1 || index[i] >= static_cast<int32_t>(blocks_.size()))
+        throw py::value_error("block_of[" + std::to_string(i) + "]: " + std::to_string(index[i]) +
+                              " is not -1 (skip) or a block index below " +
+                              std::to_string(blocks_.size()));
+      if (ptrs != nullptr && index[i] >= 0 && ptrs[i] == nullptr)
+        throw py::value_error("grads[" + std::to_string(i) +
+                              "]: a null pointer for a tensor that is stepped");
+    }
+    cpu::UpdateLaunch launch{};
+    launch.rule = rule_;
+    launch.tensors = tensors_.data();
+    launch.chunks = chunks_.data();
+    launch.chunk_count = static_cast<int64_t>(chunks_.size());
+    launch.grads = ptrs;
+    launch.blocks = blocks_.data();
+    launch.block_of = index;
+    launch.threads = thread_count(threads);
+    py::gil_scoped_release release;
+    cpu::run_update(launch);
+  }
+
   // Σg² over the gradients (one fused pass, float64, deterministic): for the
   // global-norm clip factor and the non-finite check of a step.
   double grad_sum_squares(py::object grads, int threads) {
@@ -116,6 +153,7 @@ class UpdatePlan {
   std::vector<void*> thetas_;
   std::vector<int32_t> grad_codes_, theta_codes_;
   std::vector<double> partials_;    // one per chunk, reused
+  std::vector<StepScalars> blocks_;  // step_each's blocks, reused
 };
 
 // numpy's flag bits (numpy/ndarraytypes.h).
@@ -277,6 +315,8 @@ void bind_update(py::module_& m) {
            py::arg("absmax") = py::none(), py::arg("block_size") = 256,
            py::arg("stochastic") = false, py::arg("keys") = py::none())
       .def("step", &UpdatePlan::step, py::arg("grads"), py::arg("scalars"), py::arg("threads") = 0)
+      .def("step_each", &UpdatePlan::step_each, py::arg("grads"), py::arg("blocks"),
+           py::arg("block_of"), py::arg("threads") = 0)
       .def("grad_sum_squares", &UpdatePlan::grad_sum_squares, py::arg("grads"), py::arg("threads") = 0)
       .def("theta_sum_squares", &UpdatePlan::theta_sum_squares, py::arg("threads") = 0)
       .def_property_readonly("total_elements", &UpdatePlan::total_elements)

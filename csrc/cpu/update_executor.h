@@ -17,6 +17,11 @@ struct UpdateLaunch {
   const void* const* grads;  // one per tensor; unused by rules that read no gradient
   StepScalars scalars;
   int threads;
+  // Per-tensor scalars (each tensor its own step count, optcore.torch): when block_of is
+  // set, tensor i runs with blocks[block_of[i]] instead of `scalars`, and a tensor with
+  // block_of[i] < 0 is skipped (its parameter, state, average and copy untouched).
+  const StepScalars* blocks = nullptr;
+  const int32_t* block_of = nullptr;
 };
 
 // Per-chunk sums of squares (float64) of a list of tensors, written to
@@ -24,7 +29,7 @@ struct UpdateLaunch {
 struct SumSquaresLaunch {
   const PlanChunk* chunks;
   int64_t chunk_count;
-  const void* const* pointers;  // one per tensor
+  const void* const* pointers;  // one per tensor; a null one adds nothing (a skipped tensor)
   const int32_t* dtypes;        // one per tensor
   double* partials;             // one per chunk
   int threads;

@@ -362,31 +362,52 @@ void run_typed_chunk(const Rule<typename StorageTraits<T>::Math>& rule, const Pl
   }
 }
 
+// One chunk with the rule built from `sc` (rule_f for 32- and 16-bit tensors, rule_d for
+// float64 ones).
+template <template <class> class Rule>
+void run_rule_chunk(const Rule<float>& rule_f, const Rule<double>& rule_d, const PlanTensor& t,
+                    const PlanChunk& chunk, const void* grad, const StepScalars& sc) {
+  const DType dt = static_cast<DType>(t.dtype);
+  const DType gt = static_cast<DType>(t.grad_dtype);
+  if (dt == DType::F32 && gt == DType::F16) {
+    run_typed_chunk<float, Half>(rule_f, t, chunk, grad, sc);
+  } else if (dt == DType::F32 && gt == DType::BF16) {
+    run_typed_chunk<float, BFloat16>(rule_f, t, chunk, grad, sc);
+  } else {
+    switch (dt) {
+      case DType::F32: run_typed_chunk<float, float>(rule_f, t, chunk, grad, sc); break;
+      case DType::F64: run_typed_chunk<double, double>(rule_d, t, chunk, grad, sc); break;
+      case DType::F16: run_typed_chunk<Half, Half>(rule_f, t, chunk, grad, sc); break;
+      case DType::BF16: run_typed_chunk<BFloat16, BFloat16>(rule_f, t, chunk, grad, sc); break;
+    }
+  }
+}
+
 template <template <class> class Rule>
 void run_rule(const UpdateLaunch& L) {
+  if (L.block_of != nullptr) {
+    // Each tensor its own scalar block: the rule is built per chunk from it (a few
+    // conversions against a chunk of thousands of elements), the same values as a
+    // launch with that block for every tensor, so the same bits.
+#pragma omp parallel for schedule(static) num_threads(L.threads) if (L.threads > 1)
+    for (int64_t c = 0; c < L.chunk_count; ++c) {
+      const PlanChunk& chunk = L.chunks[c];
+      const int32_t b = L.block_of[chunk.tensor];
+      if (b < 0) continue;
+      const StepScalars& sc = L.blocks[b];
+      const PlanTensor& t = L.tensors[chunk.tensor];
+      const void* grad = L.grads ? L.grads[chunk.tensor] : nullptr;
+      run_rule_chunk<Rule>(Rule<float>(sc), Rule<double>(sc), t, chunk, grad, sc);
+    }
+    return;
+  }
   const Rule<float> rule_f(L.scalars);
   const Rule<double> rule_d(L.scalars);
 #pragma omp parallel for schedule(static) num_threads(L.threads) if (L.threads > 1)
   for (int64_t c = 0; c < L.chunk_count; ++c) {
     const PlanChunk& chunk = L.chunks[c];
-    const PlanTensor& t = L.tensors[chunk.tensor];
     const void* grad = L.grads ? L.grads[chunk.tensor] : nullptr;
-    const DType dt = static_cast<DType>(t.dtype);
-    const DType gt = static_cast<DType>(t.grad_dtype);
-    if (dt == DType::F32 && gt == DType::F16) {
-      run_typed_chunk<float, Half>(rule_f, t, chunk, grad, L.scalars);
-    } else if (dt == DType::F32 && gt == DType::BF16) {
-      run_typed_chunk<float, BFloat16>(rule_f, t, chunk, grad, L.scalars);
-    } else {
-      switch (dt) {
-        case DType::F32: run_typed_chunk<float, float>(rule_f, t, chunk, grad, L.scalars); break;
-        case DType::F64: run_typed_chunk<double, double>(rule_d, t, chunk, grad, L.scalars); break;
-        case DType::F16: run_typed_chunk<Half, Half>(rule_f, t, chunk, grad, L.scalars); break;
-        case DType::BF16:
-          run_typed_chunk<BFloat16, BFloat16>(rule_f, t, chunk, grad, L.scalars);
-          break;
-      }
-    }
+    run_rule_chunk<Rule>(rule_f, rule_d, L.tensors[chunk.tensor], chunk, grad, L.scalars);
   }
 }
 
@@ -437,6 +458,10 @@ void sum_squares(const SumSquaresLaunch& L) {
     const PlanChunk& chunk = L.chunks[c];
     const void* base = L.pointers[chunk.tensor];
     double s = 0.0;
+    if (base == nullptr) {  // a tensor skipped this step (no gradient)
+      L.partials[c] = 0.0;
+      continue;
+    }
     switch (static_cast<DType>(L.dtypes[chunk.tensor])) {
       case DType::F32: s = chunk_sum_squares(static_cast<const float*>(base) + chunk.begin, chunk.length); break;
       case DType::F64: s = chunk_sum_squares(static_cast<const double*>(base) + chunk.begin, chunk.length); break;

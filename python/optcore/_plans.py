@@ -82,6 +82,14 @@ class Plan:
         else:
             self.plan.step(ptrs, scalars, self._stream())
 
+    def step_each(self, ptrs: Optional[np.ndarray], blocks: List[List[float]],
+                  block_of: np.ndarray) -> None:
+        """A step with tensor i on scalar block ``blocks[block_of[i]]``, skipped where
+        ``block_of[i]`` is -1 (CPU only; see UpdatePlan.step_each)."""
+        if self.device[0] != "cpu":
+            raise RuntimeError("step_each: per-tensor scalar blocks are a CPU executor path")
+        self.plan.step_each(NO_POINTERS if ptrs is None else ptrs, blocks, block_of)
+
     def set_graph_scalars(self, scalars: List[float]) -> None:
         """Stage ``scalars`` for the next replay of a graph that captured :meth:`step`, in
         stream order (CUDA only)."""

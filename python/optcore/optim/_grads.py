@@ -22,15 +22,17 @@ class GradsMixin:
     """Gradient checks, the gradient multiplier and the per-step scalar block."""
 
     # ------------------------------------------------------------------ gradients
-    def _check_grads(self, grads: Any) -> np.ndarray:
-        """Validate the gradient list; return its data pointers (uint64, flat order)."""
+    def _check_grads(self, grads: Any, allow_missing: bool = False) -> np.ndarray:
+        """Validate the gradient list; return its data pointers (uint64, flat order).
+        With ``allow_missing`` (optcore.torch's per-parameter steps, see _step_counted) a
+        None gradient is a parameter skipped this step: pointer 0."""
         self._require_params_unmoved()
         items = A.as_list(grads, "grads")
         if len(items) != len(self._flat):
             raise ValueError(f"grads: expected {len(self._flat)} gradients (one per parameter), "
                              f"got {len(items)}")
         ptrs = self._fast_checker.pointers(items)
-        return ptrs if ptrs is not None else self._check_grads_slow(items)
+        return ptrs if ptrs is not None else self._check_grads_slow(items, allow_missing)
 
     def _build_checks(self) -> None:
         """The aliasing intervals of every buffer a step writes, and the fast gradient
@@ -42,11 +44,14 @@ class GradsMixin:
         self._param_guard = A.ParamGuard(self._views)
         self._torch_params = [v.obj for v in self._views if v.framework == "torch"]
 
-    def _check_grads_slow(self, items: List[Any]) -> np.ndarray:
+    def _check_grads_slow(self, items: List[Any], allow_missing: bool = False) -> np.ndarray:
         ptrs = np.empty(len(items), dtype=np.uint64)
         ends = np.empty(len(items), dtype=np.uint64)
         pnames = self._param_names()
         for i, (g, pv) in enumerate(zip(items, self._views)):
+            if g is None and allow_missing:
+                ptrs[i] = ends[i] = 0  # skipped: an empty range overlaps nothing
+                continue
             name = f"grads[{i}]"
             gv = A.view_of(g, name)
             A.require_grad_like(gv, pv, name, pnames[i])
@@ -103,6 +108,35 @@ class GradsMixin:
         """The rule's scalars of checked group ``gi`` (see _checked_groups), kernel order."""
         return registry.pack(registry.kernel_rule(self._group_rules[gi]),
                              self.scalars(group, step, f"param_groups[{gi}]"))
+
+    def _counted_scalars(self, grad_ptrs: np.ndarray, counts: List[np.ndarray]) -> List[Any]:
+        """The scalar blocks of a step in which each parameter has its own step count and a
+        parameter whose gradient pointer is 0 is skipped (as torch.optim steps only the
+        parameters with a grad, each by its own ``state['step']``): per group, the counts
+        its stepped parameters will have reached, one block per distinct one, and each
+        parameter's block (-1 skipped). ``counts``: per group, the steps each parameter
+        has taken (float64). Raises before anything is written, as _all_scalars."""
+        if self._averages is not None:
+            raise RuntimeError("per-parameter step counts: not with average= (one weight per step)")
+        groups = self._checked_groups()
+        out = []
+        for gi, group in enumerate(groups):
+            live = self._slice(grad_ptrs, gi) != 0
+            taken = counts[gi]
+            if live.all():
+                first = taken[0] if len(taken) else 0.0
+                if bool((taken == first).all()):  # the usual case: one block
+                    steps = [int(first) + 1] if len(taken) else []
+                    out.append((steps, np.zeros(len(taken), dtype=np.int32), live))
+                    continue
+            distinct, block = np.unique(taken[live], return_inverse=True)
+            block_of = np.full(len(taken), -1, dtype=np.int32)
+            block_of[live] = block
+            out.append(([int(s) + 1 for s in distinct], block_of, live))
+        blocks = [[self._group_scalars(gi, group, step) for step in steps]
+                  for gi, (group, (steps, _, _)) in enumerate(zip(groups, out))]
+        self._commit_schedules(groups)
+        return [(steps, b, block_of, live) for (steps, block_of, live), b in zip(out, blocks)]
 
     def _next_average_weight(self) -> float:
         if self._averages is None:

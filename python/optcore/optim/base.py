@@ -267,6 +267,31 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
         else:
             self._advance()
 
+    def _step_counted(self, grad_ptrs: np.ndarray, prepared: List[Any],
+                      counts: List[np.ndarray]) -> None:
+        """The step of _counted_scalars' blocks (``prepared``): each parameter with its own
+        step count, those with pointer 0 skipped (untouched: parameter, state, count and
+        autograd version). CPU plans only; ``counts`` advance for the stepped ones."""
+        multiplier = self._grad_multiplier(grad_ptrs, 1.0, False)  # Σg² skips pointer 0
+        if multiplier is None:
+            return
+        for gi, (steps, blocks, block_of, live) in enumerate(prepared):
+            group = self.param_groups[gi]
+            full = [self._finish_scalars(b, multiplier, 0.0, group, step=step, seed=self.seed)
+                    for step, b in zip(steps, blocks)]
+            plan = self._plan(gi, self.rule_for(group), self._group_states[gi], main=True)
+            plan.step_each(self._slice(grad_ptrs, gi), full, block_of)
+        stepped = grad_ptrs != 0
+        torch_params = self._torch_params
+        if torch_params:
+            if len(torch_params) == len(self._flat) and not stepped.all():
+                torch_params = [p for p, s in zip(torch_params, stepped) if s]
+            A.increment_versions(torch_params)
+        for gi, (_, _, _, live) in enumerate(prepared):
+            counts[gi][live] += 1
+            if len(counts[gi]):
+                self._steps[gi] = int(counts[gi].max())
+
     @serialised
     def graph_step(self) -> None:
         """Take the next step as a replay of a CUDA graph that captured ``step(grads)``.
