@@ -5,7 +5,10 @@ update itself is 64k elements, a few microseconds of memory traffic, so the
 time is the per-step host work): optcore.torch.Adam (torch.optim drop-in,
 which checks every parameter's storage pointer each step), optcore's numpy
 API, and torch.optim.Adam fused and foreach, in the same run; plus the step
-after a storage rebind (``p.data = ...`` on every parameter), which re-plans.
+after a storage rebind (``p.data = ...`` on every parameter), which re-plans; and a
+step where a tenth of the grads, new at random each step, are None (the experts a batch
+did not route to), for optcore.torch and torch.optim.Adam (for-loop and foreach): on the
+CPU optcore.torch skips those parameters in its one plan and keeps each one's step count.
 
 ``options`` rows: one float32 tensor of 2^22 elements (2^14 with --quick),
 each option against its rule without it. Bytes per element are what the option
@@ -84,6 +87,32 @@ def _host_rows(ctx: Any, mt: Dict[str, Any]) -> List[Dict[str, Any]]:
     rows.append(ctx.row("overhead", case, "optcore.torch after rebind", t, nbytes,
                         bytes_per_elem=28,
                         note=f"re-plan; includes {t_clone.median_s * 1e3:.3f} ms of clones"))
+    masks = np.random.default_rng(1).random((64, n_params)) < 0.1
+
+    def routed(opt, ps, gs):
+        calls = [0]
+
+        def step():
+            off = masks[calls[0] % len(masks)]
+            calls[0] += 1
+            for p, g, skip in zip(ps, gs, off):
+                p.grad = None if skip else g
+            opt.step()
+        return step
+
+    grads = [p.grad for p in params]
+    t = ctx.measure(routed(oopt, params, grads), **mt)
+    rows.append(ctx.row("overhead", f"{case} tenth None", "optcore.torch", t, nbytes,
+                        bytes_per_elem=28, note="a random tenth of the grads None each step"))
+    for p, g in zip(params, grads):
+        p.grad = g
+    for variant in ("for-loop", "foreach"):
+        tparams = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in nps]
+        tgrads = [torch.from_numpy(g.copy()) for g in ngs]
+        topt = torch.optim.Adam(tparams, lr=1e-3, foreach=variant == "foreach")
+        t = ctx.measure(routed(topt, tparams, tgrads), **mt)
+        rows.append(ctx.row("overhead", f"{case} tenth None", f"torch {variant}", t, nbytes,
+                            bytes_per_elem=28, note="a random tenth of the grads None each step"))
     for variant in ("fused", "foreach"):
         tparams = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in nps]
         for p, g in zip(tparams, ngs):

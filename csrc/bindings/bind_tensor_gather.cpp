@@ -14,7 +14,9 @@
 // plan writes (its pointer, dtype, byte count and contiguity: `p.data = v` can
 // change any of them); every unplanned one still has no grad.
 // Anything else returns None and the caller re-plans or names the bad argument
-// (the plan never writes storage a parameter no longer owns).
+// (the plan never writes storage a parameter no longer owns). A planned parameter
+// marked skippable (a plan that keeps per-parameter step counts) may have no grad:
+// its pointer is 0 and the plan skips it; its storage is checked when it has one.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -54,15 +56,17 @@ struct TypeSlots {
 class TensorGather {
  public:
   TensorGather(const py::list& params, const std::vector<uint64_t>& param_ptrs,
-               const std::vector<bool>& planned, const py::list& strides,
+               const std::vector<bool>& planned, const std::vector<bool>& skippable,
+               const py::list& strides,
                const std::vector<uint64_t>& grad_nbytes,
                const std::vector<uint64_t>& written_starts,
                const std::vector<uint64_t>& written_ends)
       : grad_nbytes_(grad_nbytes), starts_(written_starts), ends_(written_ends) {
     if (param_ptrs.size() != params.size() || planned.size() != params.size() ||
-        grad_nbytes.size() != params.size() || strides.size() != params.size())
-      throw py::value_error(
-          "TensorGather: params, param_ptrs, planned, strides and grad_nbytes differ in length");
+        skippable.size() != params.size() || grad_nbytes.size() != params.size() ||
+        strides.size() != params.size())
+      throw py::value_error("TensorGather: params, param_ptrs, planned, skippable, strides and "
+                            "grad_nbytes differ in length");
     for (const py::handle st : strides) {
       if (!st.is_none() && !PyTuple_Check(st.ptr()))
         throw py::type_error("TensorGather: strides holds a tuple or None per parameter");
@@ -77,6 +81,7 @@ class TensorGather {
     for (const py::handle p : params_) dtypes_.push_back(p.attr("dtype"));
     param_ptrs_ = param_ptrs;
     planned_ = planned;
+    skippable_ = skippable;
     checked_.assign(params.size(), kUnchecked);
   }
 
@@ -107,7 +112,11 @@ class TensorGather {
         ptrs[i] = 0;
         continue;
       }
-      if (g == Py_None) return py::none();  // frozen this step: re-plan
+      if (g == Py_None) {
+        if (!skippable_[i]) return py::none();  // frozen this step: re-plan
+        ptrs[i] = 0;  // the plan skips it this step (and checks its storage when it has a grad)
+        continue;
+      }
       // A sparse grad raises on is_contiguous/data_ptr: the caller's checks name it.
       const TypeSlots& gs = slots(Py_TYPE(g));
       // dtype and byte count (so the element count: `.data =` can change either under the
@@ -241,6 +250,7 @@ class TensorGather {
   std::vector<py::object> strides_;  // per parameter: None (contiguous) or its dense strides
   std::vector<uint64_t> param_ptrs_;
   std::vector<bool> planned_;
+  std::vector<bool> skippable_;  // planned, and may have no grad (skipped, pointer 0)
   std::vector<uint64_t> grad_nbytes_, starts_, ends_;
   // Per parameter, the last grad pointer found to overlap nothing written.
   static constexpr uint64_t kUnchecked = ~uint64_t(0);
@@ -303,13 +313,15 @@ class DictSnapshot {
 void bind_tensor_gather(py::module_& m) {
   py::class_<TensorGather>(m, "TensorGather")
       .def(py::init<const py::list&, const std::vector<uint64_t>&, const std::vector<bool>&,
-                    const py::list&, const std::vector<uint64_t>&, const std::vector<uint64_t>&,
-                    const std::vector<uint64_t>&>(),
-           py::arg("params"), py::arg("param_ptrs"), py::arg("planned"), py::arg("strides"),
+                    const std::vector<bool>&, const py::list&, const std::vector<uint64_t>&,
+                    const std::vector<uint64_t>&, const std::vector<uint64_t>&>(),
+           py::arg("params"), py::arg("param_ptrs"), py::arg("planned"), py::arg("skippable"),
+           py::arg("strides"),
            py::arg("grad_nbytes"),
            py::arg("written_starts"), py::arg("written_ends"))
       .def("gather", &TensorGather::gather, py::arg("groups"),
-           "Gradient data pointers (uint64, 0 where not planned), or None if anything changed "
+           "Gradient data pointers (uint64, 0 where not planned or skipped), or None if anything "
+           "changed "
            "(groups: each param group's list of parameters, as the optimizer holds them now).")
       .def("__len__", &TensorGather::size);
   py::class_<DictSnapshot>(m, "DictSnapshot")

@@ -16,7 +16,7 @@ from ..optim import registry as _registry
 from ._compile import _register
 from ._state import _carry_state
 from ._tensors import (_DTENSOR, _FLOAT_DTYPES, _Inner, _NoGather, _all_reduce_over, _dense, _flat,
-                       _like, _local, _scalar)
+                       _like, _local, _memory_order, _scalar)
 
 
 class _optimizer_hooks:  # torch.optim's global step hooks (dicts that stay the same objects)
@@ -99,15 +99,27 @@ class _Adapter(torch.optim.Optimizer):
 
     def __getstate__(self) -> Dict[str, Any]:
         # torch pickles defaults, state and param_groups; the construction options go too
-        return {**super().__getstate__(), "_optcore_options": self._options}
+        out = {**super().__getstate__(), "_optcore_options": self._options}
+        if self._inners:  # the optimizer-wide counters (see state_dict)
+            out["_optcore_counters"] = {
+                "averaged_steps": max(i.native._averaged_steps for i in self._inners),
+                "skipped_steps": self.skipped_steps}
+        return out
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         """After unpickling or deepcopy: no plan yet; the first step builds one over the
         carried state (torch-layout buffers and step counts), as after load_state_dict."""
         # (torch's load_state_dict also calls this, on a live optimizer: keep its options)
         options = state.pop("_optcore_options", getattr(self, "_options", {}))
+        counters = state.pop("_optcore_counters", None)
         super().__setstate__(state)
         self._options = options
+        if counters is not None:
+            self._loaded_counters = counters
+        elif getattr(self, "_inners", None):  # load_state_dict on a live optimizer
+            self._loaded_counters = {
+                "averaged_steps": max(i.native._averaged_steps for i in self._inners),
+                "skipped_steps": self.skipped_steps}
         self._inners, self._key, self._gather, self._written = [], None, None, []
         if not hasattr(self, "_handle"):
             self._handle = _register(self)
@@ -153,6 +165,7 @@ class _Adapter(torch.optim.Optimizer):
         return re.sub(r"\b(grads|params)\[(\d+)\]", name, message)
 
     def _check_param(self, p: torch.Tensor) -> None:
+        """The named checks of a parameter and its grad (which is not None)."""
         g = p.grad
         if g.is_sparse or g.layout != torch.strided:
             raise RuntimeError(f"{self._name(p)}: sparse gradients are not supported "
@@ -160,51 +173,89 @@ class _Adapter(torch.optim.Optimizer):
         if p.is_complex() or g.is_complex():
             raise TypeError(f"{self._name(p)}: complex parameters and gradients are not "
                             "supported (optcore's rules are real)")
-        if p.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{self._name(p)}: dtype {p.dtype} is not supported")
+        self._check_storage(p)
         if g.dtype != p.dtype or g.device != p.device or g.shape != p.shape:
             raise ValueError(f"{self._name(p)}: its grad is {g.dtype} {tuple(g.shape)} on "
                              f"{g.device}, the parameter {p.dtype} {tuple(p.shape)} on {p.device}")
         lp, lg = _local(p), _local(g)
-        if lp.is_neg() or lg.is_neg():  # a lazily negated view: its memory holds -values
+        if lg.is_neg():  # a lazily negated view: its memory holds -values
+            raise ValueError(f"{self._name(p)}: the parameter or its grad is a negated view "
+                             "(is_neg()); pass it resolved (.resolve_neg())")
+        if not (lp.is_contiguous() and lg.is_contiguous()) and lg.stride() != lp.stride():
+            raise ValueError(f"{self._name(p)}: its grad must be laid out as the parameter "
+                             f"(strides {lp.stride()}), got strides {lg.stride()}")
+
+    def _check_storage(self, p: torch.Tensor) -> None:
+        """The named checks of a parameter the plan writes (with or without a grad now)."""
+        if p.is_complex():
+            raise TypeError(f"{self._name(p)}: complex parameters and gradients are not "
+                            "supported (optcore's rules are real)")
+        if p.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{self._name(p)}: dtype {p.dtype} is not supported")
+        lp = _local(p)
+        if lp.is_neg():
             raise ValueError(f"{self._name(p)}: the parameter or its grad is a negated view "
                              "(is_neg()); pass it resolved (.resolve_neg())")
         if not _dense(lp):
             raise ValueError(f"{self._name(p)}: the parameter must be dense (contiguous, or a "
                              f"permutation of contiguous such as channels_last); its strides are "
                              f"{lp.stride()} for shape {tuple(lp.shape)}")
-        if not (lp.is_contiguous() and lg.is_contiguous()) and lg.stride() != lp.stride():
-            raise ValueError(f"{self._name(p)}: its grad must be laid out as the parameter "
-                             f"(strides {lp.stride()}), got strides {lg.stride()}")
+
+    def _counted(self) -> bool:
+        """Whether the plan keeps each parameter's step count itself and skips a parameter
+        whose grad is None (the CPU executor's per-tensor scalar blocks): then a grad that
+        goes or comes back (frozen layers, experts a batch did not route to) needs no
+        re-plan. CUDA plans, DTensor shards and the fused averages re-plan instead."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        return (self._options.get("average") is None
+                and all(p.device.type == "cpu" for p in params)
+                and not (_DTENSOR is not None and any(isinstance(p, _DTENSOR) for p in params)))
 
     def _live(self) -> Tuple[List[List[torch.Tensor]], Tuple]:
-        """Parameters with a grad, per group, and the key of their storage."""
-        with_grad = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
-        key = tuple((id(p), _local(p).data_ptr()) for params in with_grad for p in params)
-        return with_grad, key
+        """The parameters a plan steps, per group, and the key of their storage: those with a
+        grad, and with per-parameter counts (_counted) also those that have state (stepped
+        before, loaded, or Adagrad's initial sum) but no grad now, which it skips."""
+        if self._counted():
+            state = self.state
+            members = [[p for p in g["params"] if p.grad is not None or state.get(p)]
+                       for g in self.param_groups]
+        else:
+            members = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+        key = tuple((id(p), _local(p).data_ptr()) for params in members for p in params)
+        return members, key
 
     def _plan(self, with_grad: List[List[torch.Tensor]]) -> None:
-        """Native optimizers over ``with_grad``, the state carried over from ``self.state``."""
+        """Native optimizers over ``with_grad`` (see _live), the state carried over from
+        ``self.state``."""
+        counted = self._counted()
         first_device = None
         for params in with_grad:
             for p in params:
-                self._check_param(p)
+                if p.grad is not None:
+                    self._check_param(p)
+                else:
+                    self._check_storage(p)
                 if first_device is None:
                     first_device, first = p.device, p
                 elif p.device != first_device:
                     raise ValueError(f"{self._name(p)}: on {p.device}, but {self._name(first)} "
                                      f"is on {first_device}; one optimizer steps one device")
-        # One native group per (torch group, step count): Adam's bias correction and SGD's
-        # first undamped step follow each parameter's own count, as in torch.
-        by_class: Dict[type, List[Tuple[int, int, List[torch.Tensor], Dict[str, Any]]]] = {}
+        # Adam's bias correction and SGD's first undamped step follow each parameter's own
+        # count, as in torch: one native group per torch group whose plan keeps a count per
+        # parameter (counted), else one per (torch group, step count).
+        by_class: Dict[type, List[Tuple[int, Any, List[torch.Tensor], Dict[str, Any]]]] = {}
         for gi, params in enumerate(with_grad):
             if not params:
                 continue
             cls, hyper = self._native(self.param_groups[gi])
+            taken = [int(_scalar(self.state.get(p, {}).get("step", 0))) for p in params]
+            if counted:
+                by_class.setdefault(cls, []).append(
+                    (gi, np.array(taken, dtype=np.float64), params, hyper))
+                continue
             by_step: Dict[int, List[torch.Tensor]] = {}
-            for p in params:
-                step = self.state.get(p, {}).get("step", 0)
-                by_step.setdefault(int(_scalar(step)), []).append(p)
+            for p, step in zip(params, taken):
+                by_step.setdefault(step, []).append(p)
             for step, ps in by_step.items():
                 by_class.setdefault(cls, []).append((gi, step, ps, hyper))
         inners = []
@@ -217,13 +268,20 @@ class _Adapter(torch.optim.Optimizer):
             if mesh_groups:
                 native._reduce_sum_squares = _all_reduce_over(list(mesh_groups.values()))
             steps = []
+            counts = [] if counted else None
             index = 0
             for k, (gi, step, ps, _) in enumerate(entries):
-                native._steps[k] = step
                 # Each parameter's step is its own 0-d tensor, as in torch, and a view of
-                # one tensor per native group: one fill_ a step updates them all, and an
-                # edit of any (they share the base's version counter) is seen next step.
-                step_base = torch.full((len(ps),), float(step))
+                # one tensor per native group: one fill_ (copy_ of the counts) a step
+                # updates them all, and an edit of any (they share the base's version
+                # counter) is seen next step.
+                if counted:
+                    native._steps[k] = int(step.max())
+                    counts.append(step)
+                    step_base = torch.tensor(step, dtype=torch.float32)
+                else:
+                    native._steps[k] = step
+                    step_base = torch.full((len(ps),), float(step))
                 steps.append(step_base)
                 step_views = step_base.unbind(0)  # one call for every parameter's 0-d view
                 torch_names = _registry.torch_state_names(native.rule_for(native.param_groups[k]))
@@ -246,10 +304,36 @@ class _Adapter(torch.optim.Optimizer):
                         state[tname] = _like(buf.view(-1), _local(p))
                         if absmax is not None:
                             state[tname + "_absmax"] = absmax
+                    # The float32 master of a 16-bit parameter and the fused average go with
+                    # the state (and into state dicts): a re-plan that started them again
+                    # from the parameter would drop the master's low bits and the average.
+                    for key, live in (("master", native._masters[index]),
+                                      ("average", None if native._averages is None
+                                       else native._averages[index])):
+                        if live is None:
+                            continue
+                        saved = old.get(key)
+                        if isinstance(saved, torch.Tensor):
+                            if saved.numel() != live.numel():
+                                raise ValueError(f"{self._name(p)}: saved state '{key}' has "
+                                                 f"{saved.numel()} elements, expected "
+                                                 f"{live.numel()}")
+                            live.view(-1).copy_(_memory_order(saved.detach(), _local(p)))
+                        state[key] = _like(live.view(-1), _local(p))
                     state["step"] = step_views[j]
                     self.state[p] = state
                     index += 1
-            inners.append(_Inner(native, [(gi, ps) for gi, _, ps, _ in entries], steps))
+            inners.append(_Inner(native, [(gi, ps) for gi, _, ps, _ in entries], steps, counts))
+        # The optimizer-wide counters go on: the steps the uniform average has taken, and
+        # the skipped (non-finite) steps.
+        counters = self.__dict__.pop("_loaded_counters", None)
+        if counters is None and self._inners:
+            counters = {"skipped_steps": sum(i.native.skipped_steps for i in self._inners),
+                        "averaged_steps": max(i.native._averaged_steps for i in self._inners)}
+        if inners and counters:
+            inners[0].native.skipped_steps = int(counters.get("skipped_steps", 0))
+            for inner in inners:
+                inner.native._averaged_steps = int(counters.get("averaged_steps", 0))
         self._inners = inners
         # What the live state holds now, by identity: a step that finds anything else (the
         # user reset it with state.clear(), del state[p], state[p] = {} or a new dict, or
@@ -263,6 +347,7 @@ class _Adapter(torch.optim.Optimizer):
         flat = [p for g in self.param_groups for p in g["params"]]
         position = {id(p): i for i, p in enumerate(flat)}
         planned = {id(p) for params in with_grad for p in params}
+        # (a planned parameter may be without a grad this step when its plan counts steps)
         for inner in inners:
             inner.index = np.array([position[id(p)] for _, ps in inner.groups for p in ps],
                                    dtype=np.intp)
@@ -285,6 +370,7 @@ class _Adapter(torch.optim.Optimizer):
                                  "separate buffer that optcore can update in place")
         self._gather = _core.TensorGather(
             flat, [p.data_ptr() for p in flat], [id(p) in planned for p in flat],
+            [id(p) in planned and counted for p in flat],
             [None if p.is_contiguous() else tuple(p.stride()) for p in flat],
             [p.numel() * p.element_size() if id(p) in planned else 0 for p in flat],
             [a for a, _, _ in spans], [b for _, b, _ in spans])
@@ -366,24 +452,33 @@ class _Adapter(torch.optim.Optimizer):
         checked = []
         for inner in self._inners:
             inner_ptrs = None if ptrs is None else ptrs if inner.index is None else ptrs[inner.index]
+            counted = inner.counts is not None
             if inner_ptrs is None:
                 for _, ps in inner.groups:
                     for p in ps:
-                        self._check_param(p)
-                grads = [_flat(_local(p.grad)) for _, ps in inner.groups for p in ps]
+                        if p.grad is not None or not counted:
+                            self._check_param(p)
+                grads = [None if p.grad is None else _flat(_local(p.grad))
+                         for _, ps in inner.groups for p in ps]
                 try:
-                    inner_ptrs = inner.native._check_grads(grads)
+                    inner_ptrs = inner.native._check_grads(grads, allow_missing=counted)
                 except (TypeError, ValueError) as exc:
                     raise type(exc)(self._torch_names(str(exc), inner)) from None
             native = inner.native
             for k, (gi, _) in enumerate(inner.groups):
                 native.param_groups[k].update(natives[gi][1])
             try:
-                scalars = native._all_scalars()
+                scalars = (native._counted_scalars(inner_ptrs, inner.counts) if counted
+                           else native._all_scalars())
             except (TypeError, ValueError) as exc:  # a hyper-parameter changed out of range
                 raise type(exc)(self._torch_names(str(exc), inner)) from None
             checked.append((inner, inner_ptrs, scalars))
         for inner, inner_ptrs, scalars in checked:
+            if inner.counts is not None:
+                inner.native._step_counted(inner_ptrs, scalars, inner.counts)
+                for step_base, count in zip(inner.steps, inner.counts):
+                    step_base.copy_(torch.from_numpy(count))
+                continue
             inner.native._step_checked(inner_ptrs, scalars)
             for step_base, count in zip(inner.steps, inner.native._steps):
                 step_base.fill_(float(count))
@@ -396,6 +491,12 @@ class _Adapter(torch.optim.Optimizer):
         sd["state"] = {i: {k: v.clone() if isinstance(v, torch.Tensor) else v
                            for k, v in entry.items()}
                        for i, entry in sd["state"].items()}
+        # The optimizer-wide counters of the options torch lacks (the steps the uniform
+        # average has taken; steps skipped as non-finite). torch.optim ignores the key.
+        if self._inners and (self._options.get("average") or self.skipped_steps):
+            sd["optcore_counters"] = {
+                "averaged_steps": max(i.native._averaged_steps for i in self._inners),
+                "skipped_steps": self.skipped_steps}
         return sd
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -407,19 +508,24 @@ class _Adapter(torch.optim.Optimizer):
         ids = [i for g in state_dict.get("param_groups", []) for i in g.get("params", [])]
         by_id = dict(zip(ids, [p for g in self.param_groups for p in g["params"]]))
         super().load_state_dict(state_dict)
-        # torch casts loaded state to the parameter's dtype; 8-bit codes (uint8) and their
-        # block maxima ("<name>_absmax", float32) keep theirs.
+        # torch casts loaded state to the parameter's dtype. Here each saved tensor keeps
+        # its own until the re-plan copies it into the live buffer, rounding it to that
+        # buffer's precision: 8-bit codes (uint8) and their block maxima ("<name>_absmax"),
+        # and the float32 state, masters and averages of 16-bit parameters arrive whole.
         for pid, entry in state_dict.get("state", {}).items():
             p = by_id.get(pid)
             if p is None or p not in self.state:
                 continue
             for k, v in entry.items():
-                if isinstance(v, torch.Tensor) and (v.dtype == torch.uint8 or
-                                                    str(k).endswith("_absmax")):
+                if isinstance(v, torch.Tensor) and k != "step":
                     self.state[p][k] = v.to(device=p.device)
         for p, entry in list(self.state.items()):
             self.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v
                              for k, v in entry.items()}
+        counters = state_dict.get("optcore_counters")
+        if isinstance(counters, dict):
+            self._loaded_counters = {k: int(counters.get(k, 0))
+                                     for k in ("averaged_steps", "skipped_steps")}
         self._key, self._gather = None, None  # the next step re-plans over the loaded state
         self._param_lists = [g["params"] for g in self.param_groups]
 

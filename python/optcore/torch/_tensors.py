@@ -78,10 +78,14 @@ class _Inner:
     """One native optimizer over a subset of the torch groups' parameters."""
 
     def __init__(self, native: _optim.Optimizer, groups: List[Tuple[int, List[torch.Tensor]]],
-                 steps: List[torch.Tensor]):
+                 steps: List[torch.Tensor], counts: Optional[List[np.ndarray]] = None):
         self.native = native
         self.groups = groups  # (torch group index, params) per native group
         self.steps = steps    # per native group, the tensor its parameters' steps view
+        # per native group, each parameter's step count (float64), when the native
+        # optimizer steps them by their own counts and skips those without a grad
+        # (_Adapter._counted); None: one count per native group (native._steps)
+        self.counts = counts
         self.index = np.zeros(0, dtype=np.intp)  # positions of its params in the gather order
 
 
