@@ -114,21 +114,27 @@ class GradsMixin:
         parameter whose gradient pointer is 0 is skipped (as torch.optim steps only the
         parameters with a grad, each by its own ``state['step']``): per group, the counts
         its stepped parameters will have reached, one block per distinct one, and each
-        parameter's block (-1 skipped). ``counts``: per group, the steps each parameter
-        has taken (float64). Raises before anything is written, as _all_scalars."""
+        parameter's block (-1 skipped), or None when every parameter is stepped at one
+        count (the uniform launch). ``counts``: per group, the steps each parameter has
+        taken (float64). Raises before anything is written, as _all_scalars."""
         if self._averages is not None:
             raise RuntimeError("per-parameter step counts: not with average= (one weight per step)")
         groups = self._checked_groups()
         out = []
         for gi, group in enumerate(groups):
-            live = self._slice(grad_ptrs, gi) != 0
+            ptrs = self._slice(grad_ptrs, gi)
             taken = counts[gi]
-            if live.all():
-                first = taken[0] if len(taken) else 0.0
-                if bool((taken == first).all()):  # the usual case: one block
-                    steps = [int(first) + 1] if len(taken) else []
-                    out.append((steps, np.zeros(len(taken), dtype=np.int32), live))
+            if not len(taken):
+                out.append(([], None, None))
+                continue
+            if ptrs.all():
+                first = taken[0]
+                if taken[-1] == first and bool((taken == first).all()):
+                    # the usual case: every parameter stepped, all at one count (one block,
+                    # the uniform launch)
+                    out.append(([int(first) + 1], None, None))
                     continue
+            live = ptrs != 0
             distinct, block = np.unique(taken[live], return_inverse=True)
             block_of = np.full(len(taken), -1, dtype=np.int32)
             block_of[live] = block

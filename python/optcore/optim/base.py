@@ -275,22 +275,31 @@ class Optimizer(StateDictMixin, GradsMixin, BuffersMixin, GroupsMixin):
         multiplier = self._grad_multiplier(grad_ptrs, 1.0, False)  # Σg² skips pointer 0
         if multiplier is None:
             return
-        for gi, (steps, blocks, block_of, live) in enumerate(prepared):
+        for gi, (steps, blocks, block_of, _) in enumerate(prepared):
+            if not steps:
+                continue
             group = self.param_groups[gi]
             full = [self._finish_scalars(b, multiplier, 0.0, group, step=step, seed=self.seed)
                     for step, b in zip(steps, blocks)]
             plan = self._plan(gi, self.rule_for(group), self._group_states[gi], main=True)
-            plan.step_each(self._slice(grad_ptrs, gi), full, block_of)
-        stepped = grad_ptrs != 0
+            if block_of is None:
+                plan.step(self._slice(grad_ptrs, gi), full[0])
+            else:
+                plan.step_each(self._slice(grad_ptrs, gi), full, block_of)
         torch_params = self._torch_params
         if torch_params:
-            if len(torch_params) == len(self._flat) and not stepped.all():
-                torch_params = [p for p, s in zip(torch_params, stepped) if s]
+            if len(torch_params) == len(self._flat) and any(
+                    block_of is not None for _, _, block_of, _ in prepared):
+                torch_params = [p for p, s in zip(torch_params, grad_ptrs != 0) if s]
             A.increment_versions(torch_params)
-        for gi, (_, _, _, live) in enumerate(prepared):
-            counts[gi][live] += 1
-            if len(counts[gi]):
-                self._steps[gi] = int(counts[gi].max())
+        for gi, (steps, _, block_of, live) in enumerate(prepared):
+            if not steps:
+                continue
+            if block_of is None:
+                counts[gi] += 1
+            else:
+                counts[gi][live] += 1
+            self._steps[gi] = max(self._steps[gi], steps[-1])
 
     @serialised
     def graph_step(self) -> None:

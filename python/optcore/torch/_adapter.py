@@ -476,8 +476,12 @@ class _Adapter(torch.optim.Optimizer):
         for inner, inner_ptrs, scalars in checked:
             if inner.counts is not None:
                 inner.native._step_counted(inner_ptrs, scalars, inner.counts)
-                for step_base, count in zip(inner.steps, inner.counts):
-                    step_base.copy_(torch.from_numpy(count))
+                for step_base, count, (steps, _, block_of, _) in zip(
+                        inner.steps, inner.counts, scalars):
+                    if block_of is None and steps:  # all at one count
+                        step_base.fill_(float(steps[0]))
+                    else:
+                        step_base.copy_(torch.from_numpy(count))
                 continue
             inner.native._step_checked(inner_ptrs, scalars)
             for step_base, count in zip(inner.steps, inner.native._steps):
