@@ -88,7 +88,7 @@ def test_bit_for_bit_one_optimizer_per_tensor(name, extra):
     singles = [getattr(optcore, name)(pad + [t], **hyper, **options)
                for pad, t in zip(pads, twins)]
     counts = [np.zeros(len(params))]
-    if clip is not None:
+    if clip is not None:  # only the list clips: each twin is stepped with the list's factor
         opt.max_grad_norm = clip
     for skip in _skips(rng):
         grads = [None if s else rng.standard_normal(p.size).astype(np.float32)

@@ -170,17 +170,17 @@ class _Adapter(torch.optim.Optimizer):
         if g.is_sparse or g.layout != torch.strided:
             raise RuntimeError(f"{self._name(p)}: sparse gradients are not supported "
                                f"(layout {g.layout})")
-        if p.is_complex() or g.is_complex():
+        self._check_storage(p)
+        if g.is_complex():
             raise TypeError(f"{self._name(p)}: complex parameters and gradients are not "
                             "supported (optcore's rules are real)")
-        self._check_storage(p)
         if g.dtype != p.dtype or g.device != p.device or g.shape != p.shape:
             raise ValueError(f"{self._name(p)}: its grad is {g.dtype} {tuple(g.shape)} on "
                              f"{g.device}, the parameter {p.dtype} {tuple(p.shape)} on {p.device}")
         lp, lg = _local(p), _local(g)
         if lg.is_neg():  # a lazily negated view: its memory holds -values
-            raise ValueError(f"{self._name(p)}: the parameter or its grad is a negated view "
-                             "(is_neg()); pass it resolved (.resolve_neg())")
+            raise ValueError(f"{self._name(p)}: its grad is a negated view (is_neg()); pass "
+                             "it resolved (.resolve_neg())")
         if not (lp.is_contiguous() and lg.is_contiguous()) and lg.stride() != lp.stride():
             raise ValueError(f"{self._name(p)}: its grad must be laid out as the parameter "
                              f"(strides {lp.stride()}), got strides {lg.stride()}")
@@ -193,9 +193,9 @@ class _Adapter(torch.optim.Optimizer):
         if p.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{self._name(p)}: dtype {p.dtype} is not supported")
         lp = _local(p)
-        if lp.is_neg():
-            raise ValueError(f"{self._name(p)}: the parameter or its grad is a negated view "
-                             "(is_neg()); pass it resolved (.resolve_neg())")
+        if lp.is_neg():  # a lazily negated view: its memory holds -values
+            raise ValueError(f"{self._name(p)}: the parameter is a negated view (is_neg()); "
+                             "pass it resolved (.resolve_neg())")
         if not _dense(lp):
             raise ValueError(f"{self._name(p)}: the parameter must be dense (contiguous, or a "
                              f"permutation of contiguous such as channels_last); its strides are "
