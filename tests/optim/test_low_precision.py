@@ -107,9 +107,13 @@ def test_int8_adam_tracks_float32_on_a_quadratic(rng, name):
     # The curves agree closely early on; later the 8-bit second moment (quantised relative
     # to its block maximum) lets converged elements take larger steps, which on this
     # problem converges faster, not slower: the final loss is never much worse.
+    # Early agreement: issue 11's 2 % for Adam. RMSProp's 8-bit curve strays further on
+    # some draws: over 400 seeds its largest early gap was 2.52 % (Adam's 1.70 %), so a
+    # 2 % bound failed about one run in 200; it gets 3.5 %.
+    bound = 0.02 if name == "Adam" else 0.035
     for sd in ("int8", "bfloat16"):
         rel = np.abs(losses[sd] - losses["float32"]) / losses["float32"]
-        assert rel[:100].max() < 0.02, (sd, rel[:100].max())
+        assert rel[:100].max() < bound, (sd, rel[:100].max())
         assert losses[sd][-1] < 1.5 * losses["float32"][-1], (sd, losses[sd][-1])
         assert losses[sd][-1] < 0.05 * losses[sd][0]
 
